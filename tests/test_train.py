@@ -1,0 +1,210 @@
+"""train.py and random_erasing.py on tiny data: every backbone, options, resume, DDP, bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import train
+from model import BACKBONES, load_trained_model
+from random_erasing import RandomErasing
+from utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--no-pretrained", "--gpu_ids", "-1", "--height", "64", "--width", "32", "--batchsize", "4"]
+
+
+def run_train(data, name, *extra):
+    train.main(["--name", name, "--data_dir", str(data), *FAST, *extra])
+    return Path("model") / name
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_one_epoch_each_backbone(tiny_prepared, workdir, backbone):
+    run_dir = run_train(tiny_prepared, backbone, "--backbone", backbone, "--total_epoch", "1")
+    assert (run_dir / "net_last.pth").is_file()
+    _, opts = load_trained_model(run_dir)  # strict load through build_model
+    assert opts["backbone"] == backbone and opts["nclasses"] == 4
+    assert opts["argv"][:2] == ["--name", backbone]
+
+
+def test_pcb_epoch_and_round_trip(tiny_prepared, workdir):
+    run_dir = run_train(
+        tiny_prepared, "pcb", "--PCB", "--total_epoch", "1", "--height", "96", "--width", "48"
+    )
+    model, opts = load_trained_model(run_dir)
+    assert opts["PCB"] and type(model).__name__ == "PCB"
+
+
+def test_pcb_default_input_size():
+    args = train.parse_args(["--PCB"])
+    assert (args.height, args.width) == (384, 192)
+    args = train.parse_args([])
+    assert (args.height, args.width) == (256, 128)
+
+
+def test_outputs_checkpoints_and_curves(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "run", "--total_epoch", "10", "--train_all", "--erasing_p", "0.5",
+                        "--color_jitter", "--cosine", "--warm_epoch", "2", "--stride", "1",
+                        "--droprate", "0.2", "--linear_num", "64")  # fmt: skip
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["checkpoint.pth", "net_009.pth", "net_last.pth", "opts.yaml", "train.jpg", "train.log"]
+    with Image.open(run_dir / "train.jpg") as img:
+        assert img.size[0] > 300 and img.size[1] > 100
+    log = (run_dir / "train.log").read_text()
+    assert log.count("train loss") == 10
+    model, opts = load_trained_model(run_dir, "9")
+    assert opts["linear_num"] == 64 and opts["stride"] == 1 and opts["train_all"]
+    assert model.classifier.embedding_dim == 64
+    # net_009 and net_last are the same weights after 10 epochs
+    a = torch.load(run_dir / "net_009.pth", weights_only=True)
+    b = torch.load(run_dir / "net_last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedule_warm_up_and_decay():
+    args = train.parse_args(["--total_epoch", "6", "--warm_epoch", "2", "--lr", "0.1"])
+    steps = 10  # per epoch
+    assert train.lr_factor(0, steps, args) == pytest.approx(0.1)
+    assert train.lr_factor(10, steps, args) == pytest.approx(0.1 + 0.9 * 10 / 20)
+    assert train.lr_factor(20, steps, args) == 1.0
+    assert train.lr_factor(39, steps, args) == 1.0  # epoch 3 < 2/3 * 6
+    assert train.lr_factor(40, steps, args) == pytest.approx(0.1)  # epoch 4: x0.1
+    cosine = train.parse_args(["--total_epoch", "4", "--cosine"])
+    assert [train.lr_factor(e * 10, steps, cosine) for e in range(4)] == pytest.approx(
+        [1.0, 0.01 + 0.99 * 0.5 * (1 + 2**-0.5), 0.01 + 0.99 * 0.5, 0.01 + 0.99 * 0.5 * (1 - 2**-0.5)]
+    )
+
+
+def test_optimizer_backbone_at_tenth_of_lr():
+    args = train.parse_args(["--lr", "0.2", "--backbone", "resnet18"])
+    net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
+    groups = train.make_optimizer(net, args).param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.2])
+    assert groups[0]["nesterov"] and groups[0]["momentum"] == 0.9
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_random_erasing():
+    img = torch.randn(3, 64, 32)
+    assert torch.equal(RandomErasing(p=0)(img), img)
+    erased = RandomErasing(p=1)(img)
+    changed = (erased != img).any(dim=0)
+    assert changed.any() and (erased[:, changed] == 0).all()
+    assert changed.sum() >= 0.02 * 64 * 32 * 0.5  # a rectangle of at least ~sl of the area
+    with pytest.raises(ValueError):
+        RandomErasing(p=2)
+
+
+def test_resume_equals_uninterrupted_run(tiny_prepared, workdir, monkeypatch):
+    args = ["--total_epoch", "4", "--erasing_p", "0.5", "--seed", "3"]
+    full = run_train(tiny_prepared, "full", *args)
+
+    real_run_epoch = train.run_epoch
+
+    def killed_in_epoch_2(*a, **kw):
+        desc = kw.get("desc") or a[8]  # "epoch/last epoch"
+        if desc.startswith("2/"):
+            raise KeyboardInterrupt
+        return real_run_epoch(*a, **kw)
+
+    monkeypatch.setattr(train, "run_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_prepared, "killed", *args)
+    monkeypatch.setattr(train, "run_epoch", real_run_epoch)
+    killed = run_train(tiny_prepared, "killed", *args, "--resume")
+    a = torch.load(full / "net_last.pth", weights_only=True)
+    b = torch.load(killed / "net_last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (killed / "train.log").read_text().count("resuming") == 1
+
+
+def test_refuses_to_mix_runs(tiny_prepared, workdir):
+    run_train(tiny_prepared, "once", "--total_epoch", "1")
+    with pytest.raises(UserError, match="holds another run.*--resume.*--overwrite"):
+        run_train(tiny_prepared, "once", "--total_epoch", "1")
+    run_train(tiny_prepared, "once", "--total_epoch", "2", "--overwrite")
+    assert (Path("model/once/train.log")).read_text().count("train loss") == 2
+    with pytest.raises(UserError, match="nothing to resume"):
+        run_train(tiny_prepared, "fresh", "--resume")
+
+
+def test_bad_data(tiny_prepared, workdir, tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        run_train(tmp_path / "absent", "a")
+    with pytest.raises(UserError, match="fewer than one batch"):
+        run_train(tiny_prepared, "b", "--batchsize", "64")
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        run_train(empty, "c")
+
+
+def test_corrupt_image_is_named(tiny_prepared, workdir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_prepared, data)
+    bad = next((data / "train").rglob("*.jpg"))
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=bad.name):
+        run_train(data, "corrupt", "--total_epoch", "1")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_prepared, workdir, monkeypatch):
+    real = train.loss_and_correct
+    calls = {"n": 0}
+
+    def nan_after_first_epoch(outputs, labels):
+        loss, correct = real(outputs, labels)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 3 else loss), correct
+
+    monkeypatch.setattr(train, "loss_and_correct", nan_after_first_epoch)
+    with pytest.raises(UserError, match="loss became nan"):
+        run_train(tiny_prepared, "nan", "--total_epoch", "3")
+    assert torch.load(Path("model/nan/checkpoint.pth"), weights_only=False)["epoch"] == 0
+
+
+def test_fp16_on_cpu_runs_bf16(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "half", "--total_epoch", "1", "--fp16", "--backbone", "resnet18")
+    log = (run_dir / "train.log").read_text()
+    assert "runs in bfloat16" in log and "bfloat16 on cpu" in log
+
+
+def test_bf16(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "bf16", "--total_epoch", "1", "--bf16")
+    assert "bfloat16 on cpu" in (run_dir / "train.log").read_text()
+
+
+def test_two_process_gloo_run(tiny_prepared, workdir):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(ROOT / "train.py"), "--name", "ddp", "--data_dir", str(tiny_prepared), *FAST,
+           "--total_epoch", "2", "--batchsize", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (workdir / "model/ddp/train.log").read_text()
+    assert "x 2 processes" in log and log.count("train loss") == 2  # only rank 0 writes
+    load_trained_model(workdir / "model/ddp")
+
+
+def test_help():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in ["--use_dense", "--PCB", "--fp16", "--bf16", "--warm_epoch", "--resume", "(default: 0.05)"]:
+        assert option in text

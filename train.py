@@ -1,0 +1,418 @@
+"""Train a re-ID network as an identity classifier.
+
+Reads an ImageFolder tree written by prepare.py (`train/` or `train_all/`, and `val/`) and writes
+`model/NAME/`: opts.yaml (every option + number of classes, input size, command line), checkpoints
+`net_009.pth, net_019.pth, ...` (every 10 epochs) and `net_last.pth` (state_dicts of the model),
+`checkpoint.pth` (the full state for --resume), `train.jpg` (loss and top-1 error curves) and
+`train.log`.
+
+    python train.py --name ft_ResNet50 --data_dir ../Market/pytorch --train_all --batchsize 32
+    torchrun --nproc_per_node=2 train.py --name ddp --batchsize 32   # 32 images per process
+"""
+
+import argparse
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from matplotlib.figure import Figure
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import datasets, transforms
+from tqdm import tqdm
+
+from model import BACKBONES, build_model
+from random_erasing import RandomErasing
+from utils import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HelpFormatter,
+    UserError,
+    add_device_args,
+    autocast,
+    load_image,
+    load_yaml,
+    num_workers,
+    run_main,
+    run_precision,
+    save_yaml,
+    select_device,
+    set_seed,
+    setup_logging,
+    test_transform,
+    torch_save,
+)
+
+CHECKPOINT_EVERY = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--name", default="ft_ResNet50", help="output folder model/NAME")
+    parser.add_argument("--data_dir", default="../Market/pytorch", help="prepared dataset (prepare.py)")
+    parser.add_argument("--train_all", action="store_true", help="train on train_all/ (train + val)")
+    parser.add_argument("--batchsize", type=int, default=32, help="images per step (per process)")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate of the head; backbone 0.1x")
+    parser.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
+    parser.add_argument("--total_epoch", type=int, default=60, help="epochs")
+    parser.add_argument("--warm_epoch", type=int, default=0, help="epochs of linear lr warm-up from 0.1x")
+    parser.add_argument("--cosine", action="store_true", help="cosine lr decay instead of x0.1 at 2/3")
+    parser.add_argument("--erasing_p", type=float, default=0, help="random erasing probability")
+    parser.add_argument("--color_jitter", action="store_true", help="colour jitter augmentation")
+    parser.add_argument("--backbone", default="resnet50", choices=list(BACKBONES), help="network")
+    parser.add_argument(
+        "--use_dense",
+        dest="backbone",
+        action="store_const",
+        const="densenet121",
+        help="= --backbone densenet121",
+    )
+    parser.add_argument("--PCB", action="store_true", help="Part-based Convolutional Baseline (ResNet-50)")
+    parser.add_argument("--stride", type=int, default=2, choices=[1, 2], help="stride of the last stage")
+    parser.add_argument("--droprate", type=float, default=0.5, help="dropout before the classifier")
+    parser.add_argument("--linear_num", type=int, default=512, help="bottleneck size (<= 0: none)")
+    parser.add_argument("--height", type=int, default=None, help="input height (default 256; PCB 384)")
+    parser.add_argument("--width", type=int, default=None, help="input width (default 128; PCB 192)")
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from torchvision's ImageNet weights",
+    )
+    parser.add_argument(
+        "--pretrained_path", default=None, help="ImageNet weights from a local state_dict file"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--resume", action="store_true", help="continue model/NAME from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model/NAME")
+    add_device_args(parser)
+    args = parser.parse_args(argv)
+    if args.PCB and args.backbone != "resnet50":
+        parser.error("--PCB is built on resnet50; drop --backbone/--use_dense")
+    if args.height is None:
+        args.height = 384 if args.PCB else 256
+    if args.width is None:
+        args.width = 192 if args.PCB else 128
+    if args.pretrained_path:
+        args.pretrained = True
+    if not 0 <= args.erasing_p <= 1:
+        parser.error("--erasing_p must be between 0 and 1")
+    return args
+
+
+def train_transform(args) -> transforms.Compose:
+    """The classic baseline's augmentation: bicubic resize, pad 10, random crop, flip, [colour
+    jitter], ImageNet normalisation, then random erasing."""
+    steps = [
+        transforms.Resize((args.height, args.width), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Pad(10),
+        transforms.RandomCrop((args.height, args.width)),
+        transforms.RandomHorizontalFlip(),
+    ]
+    if args.color_jitter:
+        steps.append(transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0))
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if args.erasing_p > 0:
+        steps.append(RandomErasing(p=args.erasing_p))
+    return transforms.Compose(steps)
+
+
+def image_folder(root: Path, transform) -> datasets.ImageFolder:
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; run prepare.py first or pass --data_dir")
+    try:
+        return datasets.ImageFolder(str(root), transform=transform, loader=load_image)
+    except FileNotFoundError as err:  # ImageFolder's message for an empty folder
+        raise UserError(f"{root}: no images in it ({err}); run prepare.py again") from None
+
+
+def lr_factor(step: int, steps_per_epoch: int, args) -> float:
+    """Learning-rate multiplier at optimisation step `step` (counted from 0 over the whole run).
+
+    Linear warm-up from 0.1 to 1 over the first `warm_epoch` epochs, times the decay: x0.1 after
+    2/3 of the epochs, or cosine down to 0.01 with --cosine.
+    """
+    epoch = step // steps_per_epoch
+    warm_steps = args.warm_epoch * steps_per_epoch
+    warm = 0.1 + 0.9 * step / warm_steps if step < warm_steps else 1.0
+    if args.cosine:
+        decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / args.total_epoch))
+    else:
+        decay = 0.1 if epoch >= args.total_epoch * 2 // 3 else 1.0
+    return warm * decay
+
+
+def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    """SGD, Nesterov momentum 0.9; the pretrained backbone learns at 0.1 x lr, the new head at lr."""
+    backbone = list(model.backbone.parameters())
+    backbone_ids = {id(p) for p in backbone}
+    head = [p for p in model.parameters() if id(p) not in backbone_ids]
+    return torch.optim.SGD(
+        [{"params": backbone, "lr": 0.1 * args.lr}, {"params": head, "lr": args.lr}],
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        momentum=0.9,
+        nesterov=True,
+    )
+
+
+def loss_and_correct(outputs, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy (summed over the parts for PCB) and the number of correct top-1 predictions."""
+    if isinstance(outputs, list):  # PCB: one logits tensor per part, predictions from summed softmax
+        loss = sum(nn.functional.cross_entropy(o, labels) for o in outputs)
+        probs = sum(o.float().softmax(dim=1) for o in outputs)
+    else:
+        loss = nn.functional.cross_entropy(outputs, labels)
+        probs = outputs
+    return loss, (probs.argmax(dim=1) == labels).sum().item()
+
+
+def run_epoch(
+    model, loader, device, amp_dtype, args, optimizer=None, scheduler=None, scaler=None, desc=""
+) -> dict:
+    """One pass over `loader`: training when an optimizer is given, else evaluation.
+
+    Returns mean loss, top-1 accuracy and images per second (over this process's images).
+    """
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not args.progress, leave=False, dynamic_ncols=True)
+    for inputs, labels in bar:
+        inputs = inputs.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.set_grad_enabled(training), autocast(device, amp_dtype):
+            outputs = model(inputs)
+            loss, n_correct = loss_and_correct(outputs, labels)
+        if training:
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the loss became {loss.item()} in epoch {desc}; stopped, the last good checkpoint "
+                    f"is kept in model/{args.name}; try a lower --lr or --warm_epoch"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += n_correct
+        seen += len(labels)
+        bar.set_postfix(
+            loss=f"{total_loss / seen:.3f}",
+            acc=f"{correct / seen:.3f}",
+            img_s=f"{seen / (time.perf_counter() - start):.1f}",
+        )
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / seen, "acc": correct / seen, "img_s": seen / elapsed}
+
+
+def reduce_stats(stats: dict, device) -> dict:
+    """Average the epoch statistics over the processes of a distributed run."""
+    if not dist.is_initialized():
+        return stats
+    values = torch.tensor([stats["loss"], stats["acc"], stats["img_s"]], device=device, dtype=torch.float64)
+    dist.all_reduce(values)
+    world = dist.get_world_size()
+    # Throughput adds up over processes; loss and accuracy are averaged.
+    return {"loss": values[0].item() / world, "acc": values[1].item() / world, "img_s": values[2].item()}
+
+
+def draw_curves(history: dict, path: Path) -> None:
+    """Loss and top-1 error per epoch, train and val, side by side."""
+    fig = Figure(figsize=(9, 3.5))
+    epochs = range(len(history["train"]))
+    for ax, key, title in zip(fig.subplots(1, 2), ["loss", "err"], ["loss", "top-1 error"]):
+        for split, marker in [("train", "o-"), ("val", "s-")]:
+            values = [s["loss"] if key == "loss" else 1 - s["acc"] for s in history[split]]
+            ax.plot(list(epochs), values, marker, label=split, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def random_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def prepare_run_dir(args, run_dir: Path, is_main: bool) -> argparse.Namespace:
+    """Refuse to mix two runs in one folder; on --resume return the saved options of the run."""
+    opts_file = run_dir / "opts.yaml"
+    if args.resume:
+        if not (run_dir / "checkpoint.pth").is_file() or not opts_file.is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no checkpoint.pth); start it without --resume")
+        saved = load_yaml(opts_file)
+        # The saved options define the run; only the device, the progress bar and workers may change.
+        for key in ("gpu_ids", "progress", "num_workers"):
+            saved[key] = getattr(args, key)
+        saved["resume"] = True
+        return argparse.Namespace(**saved)
+    if not is_main:  # rank 0 checks and prepares the folder
+        return args
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            raise UserError(
+                f"{run_dir} holds another run: choose another --name, --resume it, or --overwrite it"
+            )
+        if not opts_file.is_file():
+            raise UserError(f"{run_dir} is not a training run (no opts.yaml); refusing to overwrite it")
+        shutil.rmtree(run_dir)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
+    run_dir = Path("model") / args.name
+    args = prepare_run_dir(args, run_dir, is_main)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    logger = setup_logging(run_dir / "train.log" if is_main else None)
+    if not is_main:
+        logger.setLevel("ERROR")
+    device = select_device(args.gpu_ids, logger)
+    if distributed:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    amp_dtype = run_precision(args, device, logger)
+    set_seed(args.seed)
+
+    data_dir = Path(args.data_dir)
+    train_data = image_folder(data_dir / ("train_all" if args.train_all else "train"), train_transform(args))
+    val_data = image_folder(data_dir / "val", test_transform(args.height, args.width))
+    world = dist.get_world_size() if distributed else 1
+    if len(train_data) < args.batchsize * world:
+        raise UserError(
+            f"{train_data.root} has {len(train_data)} images, fewer than one batch "
+            f"({args.batchsize} x {world} processes); lower --batchsize"
+        )
+    unknown = sorted(set(val_data.classes) - set(train_data.class_to_idx))
+    if unknown:
+        raise UserError(
+            f"{data_dir}/val has identities that the training split lacks ({unknown[:3]}...); run prepare.py again"
+        )
+    # Val labels must be the training class indices of the same identity.
+    val_data.samples = [(p, train_data.class_to_idx[val_data.classes[i]]) for p, i in val_data.samples]
+    val_data.targets = [i for _, i in val_data.samples]
+    args.nclasses = len(train_data.classes)
+
+    sampler = (
+        DistributedSampler(train_data, shuffle=True, seed=args.seed, drop_last=True) if distributed else None
+    )
+    workers = num_workers(args, device)
+    train_loader = DataLoader(
+        train_data,
+        batch_size=args.batchsize,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    val_loader = DataLoader(val_data, batch_size=args.batchsize, num_workers=workers)
+
+    model = build_model(vars(args)).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, args)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, args)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history, start_epoch = {"train": [], "val": []}, 0
+    if args.resume:
+        state = torch.load(run_dir / "checkpoint.pth", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_random_states(state["random"][rank] if rank < len(state["random"]) else state["random"][0])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        logger.info(f"resuming {run_dir} after epoch {state['epoch']}")
+    net = model
+    if distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if is_main:
+        opts = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+        opts["argv"] = sys.argv[1:] if argv is None else list(argv)
+        save_yaml(run_dir / "opts.yaml", opts)
+    precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp_dtype]
+    logger.info(
+        f"{len(train_data)} training images, {args.nclasses} identities, {len(val_data)} val images; "
+        f"{'PCB' if args.PCB else args.backbone} {args.height}x{args.width}, {precision} on {device}"
+        f"{f' x {world} processes' if distributed else ''}"
+    )
+
+    for epoch in range(start_epoch, args.total_epoch):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        desc = f"{epoch}/{args.total_epoch - 1}"
+        lr = scheduler.get_last_lr()[-1]  # the head's lr at the start of the epoch
+        train_stats = run_epoch(
+            net, train_loader, device, amp_dtype, args, optimizer, scheduler, scaler, desc
+        )
+        train_stats = reduce_stats(train_stats, device)
+        val_stats = run_epoch(model, val_loader, device, amp_dtype, args, desc=f"{desc} val")
+        history["train"].append(train_stats)
+        history["val"].append(val_stats)
+        logger.info(
+            f"epoch {desc} train loss {train_stats['loss']:.4f} acc {train_stats['acc']:.4f} "
+            f"({train_stats['img_s']:.1f} img/s) | val loss {val_stats['loss']:.4f} "
+            f"acc {val_stats['acc']:.4f} | lr {lr:.2e}"
+        )
+
+        # Every process's random state, so a resumed run continues each one exactly.
+        states = [None] * world
+        if distributed:
+            dist.all_gather_object(states, random_states())
+        else:
+            states = [random_states()]
+        if is_main:
+            draw_curves(history, run_dir / "train.jpg")
+            if epoch % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+                torch_save(model.state_dict(), run_dir / f"net_{epoch:03d}.pth")
+            torch_save(model.state_dict(), run_dir / "net_last.pth")
+            torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "random": states,
+                },
+                run_dir / "checkpoint.pth",
+            )
+    logger.info(f"done: model/{args.name}/net_last.pth")
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_main(main)
