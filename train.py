@@ -60,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", default="../Market/pytorch", help="prepared dataset (prepare.py)")
     parser.add_argument("--train_all", action="store_true", help="train on train_all/ (train + val)")
     parser.add_argument("--batchsize", type=int, default=32, help="images per step (per process)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate of the head; backbone 0.1x")
+    parser.add_argument(
+        "--lr", type=float, default=0.05, help="learning rate (a pretrained backbone: 0.1 x lr)"
+    )
     parser.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
     parser.add_argument("--total_epoch", type=int, default=60, help="epochs")
     parser.add_argument("--warm_epoch", type=int, default=0, help="epochs of linear lr warm-up from 0.1x")
@@ -151,12 +153,16 @@ def lr_factor(step: int, steps_per_epoch: int, args) -> float:
 
 
 def make_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
-    """SGD, Nesterov momentum 0.9; the pretrained backbone learns at 0.1 x lr, the new head at lr."""
+    """SGD, Nesterov momentum 0.9; the new head learns at lr, the backbone too when trained from
+    scratch, but at 0.1 x lr when it starts from ImageNet weights (fine-tuning)."""
     backbone = list(model.backbone.parameters())
     backbone_ids = {id(p) for p in backbone}
     head = [p for p in model.parameters() if id(p) not in backbone_ids]
     return torch.optim.SGD(
-        [{"params": backbone, "lr": 0.1 * args.lr}, {"params": head, "lr": args.lr}],
+        [
+            {"params": backbone, "lr": args.lr * (0.1 if args.pretrained else 1)},
+            {"params": head, "lr": args.lr},
+        ],
         lr=args.lr,
         weight_decay=args.weight_decay,
         momentum=0.9,

@@ -86,11 +86,13 @@ def test_lr_schedule_warm_up_and_decay():
     )
 
 
-def test_optimizer_backbone_at_tenth_of_lr():
+def test_optimizer_pretrained_backbone_at_tenth_of_lr():
     args = train.parse_args(["--lr", "0.2", "--backbone", "resnet18"])
     net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
     groups = train.make_optimizer(net, args).param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.2])
+    scratch = train.parse_args(["--lr", "0.2", "--backbone", "resnet18", "--no-pretrained"])
+    assert [g["lr"] for g in train.make_optimizer(net, scratch).param_groups] == pytest.approx([0.2, 0.2])
     assert groups[0]["nesterov"] and groups[0]["momentum"] == 0.9
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
 
