@@ -226,9 +226,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help shows the module docstring as written and every option's default."""
 
 
-def add_device_args(parser) -> None:
+def add_model_args(parser) -> None:
+    """Which trained model to load: test.py and demo.py."""
+    group = parser.add_argument_group("trained model")
+    group.add_argument("--name", default="ft_ResNet50", help="trained model in model/NAME")
+    group.add_argument("--which_epoch", default="last", help="checkpoint: an epoch number (e.g. 59) or last")
+
+
+def add_device_args(parser, model: bool = True) -> None:
+    """--gpu_ids, and for scripts that run a model (`model`) precision, workers and progress bars."""
     group = parser.add_argument_group("device and precision")
     group.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0 or 0,1; -1 for the CPU")
+    if not model:
+        return
     precision = group.add_mutually_exclusive_group()
     precision.add_argument(
         "--fp16", action="store_true", help="float16 mixed precision on CUDA (bfloat16 on a CPU)"

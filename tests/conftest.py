@@ -24,9 +24,30 @@ def write_prepared_tree(root, n_ids=4, per_id=3, size=(32, 16), seed=0):
             save("train_all", pid, 1 + k % 2, k, colour)
             save("val" if k == 0 else "train", pid, 1 + k % 2, k, colour)
             save("query" if k == 0 else "gallery", pid, 1 + k % 3, 100 + k, colour)
+            if k < 2:  # two multi-query images in the query's camera
+                save("multi-query", pid, 1, 200 + k, colour)
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     return write_prepared_tree(tmp_path_factory.mktemp("tiny") / "pytorch")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, tiny_prepared):
+    """A folder holding model/tiny, a ResNet-18 trained for one epoch on tiny_prepared at 64x32."""
+    import os
+
+    import train
+
+    root = tmp_path_factory.mktemp("trained")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train.main(["--name", "tiny", "--data_dir", str(tiny_prepared), "--backbone", "resnet18",
+                    "--no-pretrained", "--gpu_ids", "-1", "--height", "64", "--width", "32",
+                    "--batchsize", "4", "--total_epoch", "1"])  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    return root
