@@ -196,15 +196,29 @@ def run_precision(args, device, logger: logging.Logger | None = None):
     """
     import torch
 
-    if getattr(args, "bf16", False):
-        return torch.bfloat16
-    if getattr(args, "fp16", False):
-        if device.type == "cuda":
-            return torch.float16
-        if logger is not None:
+    if not (getattr(args, "bf16", False) or getattr(args, "fp16", False)):
+        return None
+    if getattr(args, "fp16", False) and device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and logger is not None:
+        if getattr(args, "fp16", False):
             logger.warning("warning: --fp16 on the CPU runs in bfloat16 (float16 autocast is a GPU feature)")
-        return torch.bfloat16
-    return None
+        if not cpu_has_bfloat16():
+            logger.warning(
+                "warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): bfloat16 runs "
+                "slower than float32 here; drop --bf16/--fp16"
+            )
+    return torch.bfloat16
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch detects it."""
+    import torch
+
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(check() for check in checks if check is not None)
 
 
 def autocast(device, dtype):

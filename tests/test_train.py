@@ -210,3 +210,18 @@ def test_help():
     text = " ".join(result.stdout.split())
     for option in ["--use_dense", "--PCB", "--fp16", "--bf16", "--warm_epoch", "--resume", "(default: 0.05)"]:
         assert option in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_warns_on_a_cpu_without_bfloat16(monkeypatch, native):
+    import logging
+
+    import utils
+
+    monkeypatch.setattr(utils, "cpu_has_bfloat16", lambda: native)
+    records = []
+    logger = logging.getLogger("bf16-check")
+    monkeypatch.setattr(logger, "warning", records.append)
+    args = train.parse_args(["--bf16"])
+    assert utils.run_precision(args, torch.device("cpu"), logger) == torch.bfloat16
+    assert any("no bfloat16 instructions" in r for r in records) == (not native)
