@@ -32,7 +32,6 @@ Example:
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,6 +48,7 @@ from utils import (
     match_name,
     naming_pattern,
     parse_name,
+    replace_folder,
     run_main,
     save_yaml,
 )
@@ -328,41 +328,6 @@ def write_tree(root: Path, splits: dict[str, list[Image]], copy: bool) -> Counte
     return kinds
 
 
-def make_temp_sibling(output_dir: Path) -> Path:
-    """An empty folder next to `output_dir` (same filesystem, so it can be renamed into place)."""
-    try:
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    except OSError as err:
-        raise UserError(
-            f"cannot write next to --output_dir {output_dir} ({err.strerror}): pass a writable --output_dir"
-        ) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the tree should be readable as usual
-    return tmp
-
-
-def swap_in(tmp: Path, output_dir: Path) -> None:
-    """Move the new tree `tmp` to `output_dir`, replacing an empty folder or a tree of ours."""
-    if output_dir.is_dir():
-        if not any(output_dir.iterdir()):
-            output_dir.rmdir()
-        else:  # ours, as check_output_dir made sure
-            trash = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.rename(output_dir, trash / output_dir.name)
-            try:
-                os.rename(tmp, output_dir)
-            except OSError:
-                os.rename(trash / output_dir.name, output_dir)  # put the old tree back
-                trash.rmdir()
-                raise
-            # Unlinks the old links only: the raw files they point to are untouched.
-            shutil.rmtree(trash)
-            return
-    os.rename(tmp, output_dir)
-
-
 def split_counts(images: list[Image]) -> dict[str, int]:
     return {
         "ids": len({image.pid for image in images}),
@@ -412,26 +377,28 @@ def main(argv=None) -> dict:
             )
 
     counts = {split: split_counts(images) for split, images in splits.items()}
-    tmp = make_temp_sibling(output_dir)
-    try:
+    marker = {
+        "prepared_by": "prepare.py",
+        "naming": pattern.pattern,
+        "data_dir": str(data_dir),
+        "layout": layout,
+        "splits": counts,
+        "skipped": {"junk_train": notes["junk_train"], "bad_names": len(bad)},
+        "single_image_ids": notes["single_image_ids"],
+    }
+
+    def build(tmp: Path) -> None:
         kinds = write_tree(tmp, splits, args.copy)
-        marker = {
-            "prepared_by": "prepare.py",
-            "naming": pattern.pattern,
-            "data_dir": str(data_dir),
-            "layout": layout,
-            "splits": counts,
-            "skipped": {"junk_train": notes["junk_train"], "bad_names": len(bad)},
-            "single_image_ids": notes["single_image_ids"],
-            "files": {"hard_links": kinds["hard"], "symlinks": kinds["symlink"], "copies": kinds["copy"]},
-        }
+        marker["files"] = {"hard_links": kinds["hard"], "symlinks": kinds["symlink"], "copies": kinds["copy"]}
         save_yaml(tmp / MARKER, marker)
-        swap_in(tmp, output_dir)
+
+    try:
+        replace_folder(output_dir, build)
     except OSError as err:
-        raise UserError(f"{err.filename}: {err.strerror} (while writing {output_dir})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        where = err.filename or output_dir.parent
+        raise UserError(
+            f"cannot write --output_dir {output_dir} ({where}: {err.strerror}); pass a writable --output_dir"
+        ) from None
 
     print(f"prepared {data_dir} -> {output_dir} ({layout} layout, naming {pattern.pattern!r})")
     print(format_table(counts))

@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,38 @@ def atomic_write(path: str | Path, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def replace_folder(out: Path, build) -> None:
+    """Call `build(tmp)` on an empty folder next to `out`, then swap it in place of `out`.
+
+    `out` must be absent, empty, or a folder the caller has checked is its own: its old contents
+    are deleted only once the new tree is complete, so an interrupted run never leaves a half tree.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the tree should be readable as usual
+    try:
+        build(tmp)
+        if out.is_dir() and any(out.iterdir()):
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, trash / out.name)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(trash / out.name, out)  # put the old tree back
+                trash.rmdir()
+                raise
+            shutil.rmtree(trash)  # unlinks links only: the files they point to are untouched
+        else:
+            if out.is_dir():
+                out.rmdir()
+            os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def save_yaml(path: str | Path, data: dict) -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import prepare
+import utils
 from utils import NAMINGS, load_yaml, parse_name, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -523,9 +524,9 @@ def test_unwritable_output(tmp_path, capsys, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(prepare.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(utils.tempfile, "mkdtemp", denied)
     err = user_error(capsys, ["--data_dir", str(raw)])  # the default output, inside a read-only dataset
-    assert f"cannot write next to --output_dir {raw / 'pytorch'} (Permission denied)" in err
+    assert f"cannot write --output_dir {raw / 'pytorch'} ({raw}: Permission denied)" in err
 
 
 # ----------------------------------------------------------------------------------------------------
