@@ -1,0 +1,111 @@
+"""Feature extraction throughput: test.py against the bare model, side by side in one run.
+
+The bare model does the same computation as test.py on random tensors already in memory: for each
+batch, model.embed of the images and of their horizontal flips (model.extract_embedding), in the
+same precision and memory format. test.py is a real run on the query and gallery images of the
+synthetic dataset (JPEG decoding, resizing, writing the features file). Both use an untrained
+network of the same architecture; the weights don't change the speed. One process per measurement.
+
+    python bench/bench_extract.py                   # ResNet-50, 256x128, batch 64, fp32 and bf16
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, machine, prepared_synthetic, report, run_child
+
+
+def bare_child(args) -> None:
+    import torch
+
+    from model import build_model, extract_embedding
+    from utils import autocast
+
+    model = (
+        build_model({"backbone": args.backbone, "nclasses": 100}).eval().to(memory_format=torch.channels_last)
+    )
+    images = torch.randn(args.batchsize, 3, args.height, args.width)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    device = torch.device("cpu")
+
+    def batch():
+        with autocast(device, dtype):
+            extract_embedding(model, images)
+
+    batch()  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        batch()
+    report(img_s=args.batches * args.batchsize / (time.perf_counter() - start))
+
+
+def test_child(args) -> None:
+    import torch
+
+    import test as extract  # our test.py
+    from model import build_model
+    from utils import save_yaml
+
+    opts = {"backbone": args.backbone, "nclasses": 100, "height": args.height, "width": args.width}
+    Path("model/bench").mkdir(parents=True, exist_ok=True)
+    save_yaml("model/bench/opts.yaml", opts)
+    torch.save(build_model(opts).state_dict(), "model/bench/net_last.pth")
+    argv = ["--name", "bench", "--test_dir", args.data, "--gpu_ids", "-1", "--batchsize", str(args.batchsize),
+            "--no-progress"]  # fmt: skip
+    if args.precision == "bf16":
+        argv.append("--bf16")
+    start = time.perf_counter()
+    extract.main(argv)
+    elapsed = time.perf_counter() - start
+    n = len(list(Path(args.data, "query").rglob("*.jpg"))) + len(
+        list(Path(args.data, "gallery").rglob("*.jpg"))
+    )
+    report(img_s=n / elapsed, images=n)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batchsize", type=int, default=64)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=5, help="timed batches of the bare model")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--num_ids", type=int, default=100, help="synthetic identities (half in the test set)"
+    )
+    parser.add_argument("--child", choices=["bare", "test"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "bare":
+        return bare_child(args)
+    if args.child == "test":
+        return test_child(args)
+
+    print(f"$ python bench/bench_extract.py {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine()}")
+    shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
+             "--width", str(args.width)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepared_synthetic(Path(tmp), num_ids=args.num_ids)
+        for precision in args.precisions.split(","):
+            child = [str(Path(__file__).resolve()), *shape, "--precision", precision]
+            bare = run_child([*child, "--child", "bare", "--batches", str(args.batches)])
+            ours = run_child([*child, "--child", "test", "--data", str(data)], cwd=tmp)
+            print(
+                f"{args.backbone} {args.height}x{args.width} batch {args.batchsize} {precision}, image + flip: "
+                f"bare model {bare['img_s']:.1f} img/s (peak {bare['peak_mb']:.0f} MB) | "
+                f"test.py {ours['img_s']:.1f} img/s on {ours['images']} images (peak {ours['peak_mb']:.0f} MB) "
+                f"| ratio {ours['img_s'] / bare['img_s']:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
