@@ -9,13 +9,11 @@ network of the same architecture; the weights don't change the speed. One proces
     python bench/bench_extract.py                   # ResNet-50, 256x128, batch 64, fp32 and bf16
 """
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, prepared_synthetic, report, run_child
+from common import ROOT, report, side_by_side, side_by_side_parser
 
 
 def bare_child(args) -> None:
@@ -67,43 +65,17 @@ def test_child(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--batchsize", type=int, default=64)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
+    parser = side_by_side_parser(__doc__, batchsize=64, ours="test")
     parser.add_argument("--batches", type=int, default=5, help="timed batches of the bare model")
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument(
-        "--num_ids", type=int, default=100, help="synthetic identities (half in the test set)"
-    )
-    parser.add_argument("--child", choices=["bare", "test"], help=argparse.SUPPRESS)
-    parser.add_argument("--precision", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "bare":
         return bare_child(args)
     if args.child == "test":
         return test_child(args)
-
-    print(f"$ python bench/bench_extract.py {' '.join(sys.argv[1:])}")
-    print(f"machine: {machine()}")
-    shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
-             "--width", str(args.width)]  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        data = prepared_synthetic(Path(tmp), num_ids=args.num_ids)
-        for precision in args.precisions.split(","):
-            child = [str(Path(__file__).resolve()), *shape, "--precision", precision]
-            bare = run_child([*child, "--child", "bare", "--batches", str(args.batches)])
-            ours = run_child([*child, "--child", "test", "--data", str(data)], cwd=tmp)
-            print(
-                f"{args.backbone} {args.height}x{args.width} batch {args.batchsize} {precision}, image + flip: "
-                f"bare model {bare['img_s']:.1f} img/s (peak {bare['peak_mb']:.0f} MB) | "
-                f"test.py {ours['img_s']:.1f} img/s on {ours['images']} images (peak {ours['peak_mb']:.0f} MB) "
-                f"| ratio {ours['img_s'] / bare['img_s']:.2f}"
-            )
+    side_by_side(__file__, args, ["--batches", str(args.batches)], "test", lambda bare, ours: (
+        f"image + flip: bare model {bare['img_s']:.1f} img/s (peak {bare['peak_mb']:.0f} MB) | test.py "
+        f"{ours['img_s']:.1f} img/s on {ours['images']} images (peak {ours['peak_mb']:.0f} MB)"
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ first includes the warm-up). Each measurement runs in its own process, with its 
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, machine, prepared_synthetic, report, run_child
+from common import ROOT, report, side_by_side, side_by_side_parser
 
 
 def bare_child(args) -> None:
@@ -64,41 +62,17 @@ def train_child(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--batchsize", type=int, default=32)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
+    parser = side_by_side_parser(__doc__, batchsize=32, ours="train")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of the bare model")
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--num_ids", type=int, default=100, help="synthetic identities (half for training)")
-    parser.add_argument("--child", choices=["bare", "train"], help=argparse.SUPPRESS)
-    parser.add_argument("--precision", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "bare":
         return bare_child(args)
     if args.child == "train":
         return train_child(args)
-
-    print(f"$ python bench/bench_train.py {' '.join(sys.argv[1:])}")
-    print(f"machine: {machine()}")
-    shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
-             "--width", str(args.width)]  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        data = prepared_synthetic(Path(tmp), num_ids=args.num_ids)
-        for precision in args.precisions.split(","):
-            child = [str(Path(__file__).resolve()), *shape, "--precision", precision]
-            bare = run_child([*child, "--child", "bare", "--steps", str(args.steps)])
-            ours = run_child([*child, "--child", "train", "--data", str(data)], cwd=tmp)
-            print(
-                f"{args.backbone} {args.height}x{args.width} batch {args.batchsize} {precision} channels_last: "
-                f"bare model {bare['img_s']:.1f} img/s (peak {bare['peak_mb']:.0f} MB) | "
-                f"train.py {ours['img_s']:.1f} img/s (peak {ours['peak_mb']:.0f} MB; first epoch "
-                f"{ours['first_epoch_img_s']:.1f}) | ratio {ours['img_s'] / bare['img_s']:.2f}"
-            )
+    side_by_side(__file__, args, ["--steps", str(args.steps)], "train", lambda bare, ours: (
+        f"channels_last: bare model {bare['img_s']:.1f} img/s (peak {bare['peak_mb']:.0f} MB) | train.py "
+        f"{ours['img_s']:.1f} img/s (peak {ours['peak_mb']:.0f} MB; first epoch {ours['first_epoch_img_s']:.1f})"
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ Each measurement runs in its own child process, so its peak memory (ru_maxrss) i
 nothing one measurement allocates slows the next.
 """
 
+import argparse
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,44 @@ def report(**values) -> None:
 def machine() -> str:
     import torch
 
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def side_by_side_parser(doc: str, batchsize: int, ours: str) -> argparse.ArgumentParser:
+    """The options of a benchmark comparing a toolkit script (child `ours`) with the bare model."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batchsize", type=int, default=batchsize)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--num_ids", type=int, default=100, help="synthetic identities (half for training)")
+    parser.add_argument("--child", choices=["bare", ours], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    return parser
+
+
+def side_by_side(script: str, args, bare_args: list[str], ours: str, describe) -> None:
+    """For each precision, run the bare model and the toolkit script as children, one line each."""
+    print(f"$ python bench/{Path(script).name} {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine()}")
+    shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
+             "--width", str(args.width)]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepared_synthetic(Path(tmp), num_ids=args.num_ids)
+        for precision in args.precisions.split(","):
+            child = [str(Path(script).resolve()), *shape, "--precision", precision]
+            bare = run_child([*child, "--child", "bare", *bare_args])
+            result = run_child([*child, "--child", ours, "--data", str(data)], cwd=tmp)
+            print(f"{args.backbone} {args.height}x{args.width} batch {args.batchsize} {precision}: "
+                  f"{describe(bare, result)} | ratio {result['img_s'] / bare['img_s']:.2f}")  # fmt: skip

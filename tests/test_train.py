@@ -225,3 +225,13 @@ def test_bf16_warns_on_a_cpu_without_bfloat16(monkeypatch, native):
     args = train.parse_args(["--bf16"])
     assert utils.run_precision(args, torch.device("cpu"), logger) == torch.bfloat16
     assert any("no bfloat16 instructions" in r for r in records) == (not native)
+
+
+def test_workers_progress_and_weight_decay(tiny_prepared, workdir, capfd):
+    run_dir = run_train(tiny_prepared, "opts", "--total_epoch", "1", "--num_workers", "1", "--progress",
+                        "--weight_decay", "0.01")  # fmt: skip
+    assert "0/0" in capfd.readouterr().err  # tqdm's bar for epoch 0 of 0..0
+    args = train.parse_args(["--weight_decay", "0.01"])
+    net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
+    assert all(g["weight_decay"] == 0.01 for g in train.make_optimizer(net, args).param_groups)
+    assert train.load_yaml(run_dir / "opts.yaml")["num_workers"] == 1

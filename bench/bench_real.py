@@ -1,0 +1,245 @@
+"""Real-data accuracy on CUHK01: MobileNetV2 fine-tuned from ImageNet, ResNet-50 from scratch.
+
+Reads CUHK01 in Market-1501 layout (`--data_dir`, default `../shared/data/cuhk01` next to the
+repository: 485 training identities x 4 images, 486 queries, 1,458 gallery images, 2 cameras) and the
+MobileNetV2 ImageNet weights (`--pretrained_path`); when either is absent (the weights only matter
+for mobilenet_v2) it prints one line and exits with status 0. It writes nothing next to the data:
+everything goes to a temporary folder (kept with --keep DIR), where prepare.py writes `pytorch/`
+(copies of the images) and train.py, run in that folder, writes `model/NAME`. For each model:
+
+1. calibration: train.py for 1 epoch; its wall time (data loading, training, the val pass,
+   checkpoints) is the seconds per epoch. The first epoch also pays the warm-up of the kernels, so
+   the estimate errs on the safe side;
+2. training: train.py again from the start with --total_epoch = floor(budget / seconds per epoch),
+   at least 1, so training fits --budget_minutes on this machine and the cosine schedule spans
+   exactly the epochs that fit;
+3. test: test.py extracts the query and gallery features, which evaluation.evaluate scores on the
+   feature distance and on the k-reciprocal re-ranked distance (evaluate_rerank.py's defaults).
+
+It prints each model's metrics in the evaluate scripts' format with the wall times of training and
+test, then a markdown table (one row per model and ranking), the command line and the machine.
+
+Training choices, for 1,940 small images on a 2-core CPU:
+- input 128x64 (CUHK01 images are 160x60): a quarter of the pixels of the classic 256x128, so about
+  four times the epochs fit the budget, with the 2:1 shape of a standing person;
+- float32: bfloat16 runs slower than float32 on CPUs without AVX512-BF16 or AMX (the development
+  machine's AMD EPYC has neither);
+- --train_all: all 4 images of each identity are trained on (the val images, the first of each
+  identity, are then among them, so the val curve only shows that training progresses);
+- batch 32; --erasing_p 0.5 (random erasing, against overfitting 4 images per identity);
+  --warm_epoch 1; --cosine, which decays to 0.01 x lr over however many epochs the budget allows, so
+  every run ends at a low learning rate;
+- MobileNetV2, ImageNet weights: lr 0.05 for the new head and 0.005 for the backbone (train.py's
+  0.1 x rule for a pretrained backbone), dropout 0.5, as the classic fine-tuning recipe;
+- ResNet-50, random weights: lr 0.02 for every layer and dropout 0.2, the settings that trained it
+  from scratch on the synthetic dataset (a deep network from scratch needs a gentler start).
+
+    python bench/bench_real.py                        # both models, 30 minutes of training each
+    python bench/bench_real.py --models resnet50 --budget_minutes 5 --keep /tmp/cuhk01_run
+"""
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from bench_evaluate import conditions  # bench_evaluate and common put the repository on sys.path
+from common import ROOT
+
+import evaluate_rerank
+import prepare
+import test
+import train
+from evaluation import evaluate, feature_distance_chunks, format_results, load_features
+from re_ranking import re_ranking
+from utils import HelpFormatter, UserError, run_main
+
+SHARED = ROOT.parent / "shared"
+DATA_DIR = SHARED / "data/cuhk01"
+WEIGHTS = SHARED / "weights/mobilenet_v2_imagenet_features.pth"
+# The training options of every model, then each model's own: how it starts and its learning rate.
+COMMON_ARGS = ["--train_all", "--batchsize", "32", "--erasing_p", "0.5", "--warm_epoch", "1", "--cosine",
+               "--gpu_ids", "-1", "--no-progress"]  # fmt: skip
+MODELS = {
+    "mobilenet_v2": ("ImageNet, fine-tuned", ["--backbone", "mobilenet_v2", "--lr", "0.05"]),
+    "resnet50": (
+        "scratch",
+        ["--backbone", "resnet50", "--no-pretrained", "--lr", "0.02", "--droprate", "0.2"],
+    ),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--budget_minutes", type=float, default=30, help="training time of each model (wall, this CPU)"
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}"
+    )
+    parser.add_argument("--height", type=int, default=128, help="input height")
+    parser.add_argument("--width", type=int, default=64, help="input width")
+    parser.add_argument("--data_dir", default=str(DATA_DIR), help="CUHK01 in Market-1501 layout (read-only)")
+    parser.add_argument(
+        "--pretrained_path", default=str(WEIGHTS), help="MobileNetV2 ImageNet weights (torchvision layout)"
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="work in DIR (new or empty) and keep it, instead of a temporary folder"
+    )
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {unknown or 'none given'}; choose from {', '.join(MODELS)}")
+    if args.budget_minutes < 0:
+        parser.error("--budget_minutes must be >= 0")
+    return args
+
+
+def missing_input(args) -> str | None:
+    """Why the benchmark cannot run here (a one-line message), or None."""
+    data = Path(args.data_dir)
+    if not all((data / folder).is_dir() for folder in prepare.MARKET_FOLDERS.values()):
+        return f"{data}: no CUHK01 in Market-1501 layout"
+    if "mobilenet_v2" in args.models and not Path(args.pretrained_path).is_file():
+        return f"{args.pretrained_path}: no MobileNetV2 ImageNet weights"
+    return None
+
+
+def epochs_in_budget(budget_s: float, sec_per_epoch: float) -> int:
+    """How many whole epochs of `sec_per_epoch` fit in `budget_s`; at least 1."""
+    return max(1, math.floor(budget_s / sec_per_epoch))
+
+
+@contextmanager
+def working_dir(path: Path):
+    """Run the block in `path` (train.py and test.py write relative to the current folder)."""
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def timed(fn, argv: list[str]) -> float:
+    """Wall time in seconds of `fn(argv)`."""
+    start = time.perf_counter()
+    fn(argv)
+    return time.perf_counter() - start
+
+
+def scores(result_file: Path) -> dict:
+    """The metrics of a features file on the feature distance and on the re-ranked distance."""
+    feats = load_features(result_file)
+    q_f, g_f = feats["query_f"], feats["gallery_f"]
+    labels = (feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"])
+    info = {"result_file": result_file.name, "protocol": "single-query"}
+    rr = evaluate_rerank.parse_args([])  # its defaults: k1, k2, lambda_value
+    start = time.perf_counter()
+    plain = evaluate(feature_distance_chunks(q_f, g_f), *labels)
+    plain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    dist = re_ranking(q_f, g_f, rr.k1, rr.k2, rr.lambda_value)  # (n_q, n_g)
+    reranked = evaluate([dist], *labels)
+    return {
+        "none": {**info, **plain, "eval_s": plain_s},
+        f"k1={rr.k1} k2={rr.k2} lambda={rr.lambda_value}": {
+            **info,
+            **reranked,
+            "eval_s": time.perf_counter() - start,
+        },
+    }
+
+
+def run_model(name: str, args, data: Path) -> dict:
+    """Calibrate, train within the budget, test and score one model (in the current folder)."""
+    start_from, model_args = MODELS[name]
+    if name == "mobilenet_v2":
+        model_args = [*model_args, "--pretrained_path", str(Path(args.pretrained_path).resolve())]
+    train_args = ["--name", name, "--data_dir", str(data), "--height", str(args.height),
+                  "--width", str(args.width), *COMMON_ARGS, *model_args, "--overwrite"]  # fmt: skip
+    print(f"\n== {name} ({start_from}): calibration, 1 epoch", flush=True)
+    sec_per_epoch = timed(train.main, [*train_args, "--total_epoch", "1"])
+    epochs = epochs_in_budget(args.budget_minutes * 60, sec_per_epoch)
+    print(
+        f"== {name}: 1 epoch took {sec_per_epoch:.1f} s -> {epochs} epochs in the "
+        f"{args.budget_minutes:g}-minute budget",
+        flush=True,
+    )
+    train_s = timed(train.main, [*train_args, "--total_epoch", str(epochs)])
+    result_file = Path(f"{name}_result.mat")
+    test_s = timed(test.main, ["--name", name, "--test_dir", str(data), "--result_file", str(result_file),
+                               "--gpu_ids", "-1", "--no-progress"])  # fmt: skip
+    run = {"model": name, "start_from": start_from, "sec_per_epoch": sec_per_epoch, "epochs": epochs,
+           "train_s": train_s, "test_s": test_s, "rankings": scores(result_file)}  # fmt: skip
+    print(f"\n== {name} ({start_from}), {args.height}x{args.width}, {epochs} epochs")
+    print(
+        f"train: {train_s:.1f} s ({train_s / epochs:.1f} s/epoch; calibration epoch {sec_per_epoch:.1f} s); "
+        f"test: {test_s:.1f} s"
+    )
+    for ranking, results in run["rankings"].items():
+        print(f"-- re-ranking: {ranking} (distances + metric: {results['eval_s']:.2f} s)")
+        print(format_results(results))
+    return run
+
+
+def table(runs: list[dict], args) -> str:
+    """One markdown row per model and ranking."""
+    columns = ["model", "start", "input", "epochs (s/epoch)", "re-ranking", "Rank@1", "Rank@5", "Rank@10",
+               "mAP (Market-1501 rule)", "mAP (non-interpolated)", "mINP", "train", "test"]  # fmt: skip
+    rows = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
+    for run in runs:
+        for ranking, r in run["rankings"].items():
+            rows.append(
+                f"| {run['model']} | {run['start_from']} | {args.height}x{args.width} "
+                f"| {run['epochs']} ({run['train_s'] / run['epochs']:.1f} s) | {ranking} "
+                f"| {r['rank1']:.4f} | {r['rank5']:.4f} | {r['rank10']:.4f} | {r['mAP_market1501']:.4f} "
+                f"| {r['mAP']:.4f} | {r['mINP']:.4f} | {run['train_s'] / 60:.1f} min | {run['test_s']:.1f} s |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> list[dict] | None:
+    """Run the benchmark; return one dict per model (None when skipped)."""
+    args = parse_args(argv)
+    command = f"python bench/bench_real.py {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
+    reason = missing_input(args)
+    if reason:
+        print(f"bench_real.py: skipped, {reason}")
+        return None
+    print(f"$ {command}", flush=True)
+    if args.keep:
+        work = Path(args.keep).resolve()
+        if work.exists() and (not work.is_dir() or any(work.iterdir())):
+            raise UserError(f"--keep {work}: not an empty folder; give a new or empty one")
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = None
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_real-")
+        work = Path(tmp.name)
+    try:
+        data = work / "pytorch"
+        # Copies, not links: nothing in the work folder shares a file with the raw dataset.
+        prepare.main(["--data_dir", str(Path(args.data_dir).resolve()), "--output_dir", str(data), "--copy"])
+        with working_dir(work):
+            runs = [run_model(name, args, data) for name in args.models]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"\n{table(runs, args)}\n")
+    print(f"command: {command}")
+    print(f"machine: {conditions()}; torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    if args.keep:
+        print(f"kept: {work}")
+    return runs
+
+
+if __name__ == "__main__":
+    run_main(main)
