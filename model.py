@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils import UserError
+from utils import UserError, load_yaml
 
 
 def _resnet_trunk(net: nn.Module) -> nn.Sequential:
@@ -256,8 +256,6 @@ def checkpoint_path(run_dir: Path, which_epoch: str) -> Path:
 
 def load_trained_model(run_dir: str | Path, which_epoch: str = "last") -> tuple[nn.Module, dict]:
     """Rebuild a trained model from `run_dir/opts.yaml` and load a checkpoint strictly (on the CPU)."""
-    from utils import load_yaml
-
     opts_file = Path(run_dir) / "opts.yaml"
     if not opts_file.is_file():
         raise UserError(f"{opts_file}: missing; is --name right? train.py writes it")

@@ -277,14 +277,15 @@ def prepare_run_dir(args, run_dir: Path, is_main: bool) -> argparse.Namespace:
         return argparse.Namespace(**saved)
     if not is_main:  # rank 0 checks and prepares the folder
         return args
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if opts_file.is_file():
         if not args.overwrite:
             raise UserError(
                 f"{run_dir} holds another run: choose another --name, --resume it, or --overwrite it"
             )
-        if not opts_file.is_file():
-            raise UserError(f"{run_dir} is not a training run (no opts.yaml); refusing to overwrite it")
         shutil.rmtree(run_dir)
+    elif run_dir.is_dir() and {p.name for p in run_dir.iterdir()} - {"train.log"}:
+        # Only the log of a run that stopped before training (bad data, say) may be continued.
+        raise UserError(f"{run_dir} holds files but no training run (no opts.yaml); choose another --name")
     return args
 
 

@@ -139,6 +139,18 @@ def test_refuses_to_mix_runs(tiny_prepared, workdir):
     assert (Path("model/once/train.log")).read_text().count("train loss") == 2
     with pytest.raises(UserError, match="nothing to resume"):
         run_train(tiny_prepared, "fresh", "--resume")
+    Path("model/other").mkdir()
+    Path("model/other/notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no training run"):
+        run_train(tiny_prepared, "other", "--overwrite")
+    assert Path("model/other/notes.txt").read_text() == "mine"
+
+
+def test_a_run_that_stopped_on_bad_data_can_start_again(tiny_prepared, workdir, tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        run_train(tmp_path / "typo", "again")
+    run_dir = run_train(tiny_prepared, "again", "--total_epoch", "1")
+    assert (run_dir / "net_last.pth").is_file()
 
 
 def test_bad_data(tiny_prepared, workdir, tmp_path):
