@@ -219,6 +219,11 @@ def select_device(gpu_ids: str, logger: logging.Logger | None = None):
         return torch.device("cpu")
     if "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if len(ids) > 1 and logger is not None:
+        logger.warning(
+            f"warning: --gpu_ids {gpu_ids} runs on GPU {ids[0]} only; for several GPUs start the script "
+            "with torchrun --nproc_per_node=N (see the README)"
+        )
     return torch.device("cuda", ids[0])
 
 

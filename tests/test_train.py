@@ -247,3 +247,21 @@ def test_workers_progress_and_weight_decay(tiny_prepared, workdir, capfd):
     net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
     assert all(g["weight_decay"] == 0.01 for g in train.make_optimizer(net, args).param_groups)
     assert train.load_yaml(run_dir / "opts.yaml")["num_workers"] == 1
+
+
+def test_select_device(monkeypatch):
+    import logging
+
+    import utils
+
+    records = []
+    logger = logging.getLogger("device-check")
+    monkeypatch.setattr(logger, "warning", records.append)
+    assert utils.select_device("-1", logger).type == "cpu" and not records
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert utils.select_device("0", logger).type == "cpu" and "CUDA is not available" in records[-1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert utils.select_device("1,0", logger) == torch.device("cuda", 1) and "torchrun" in records[-1]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert utils.select_device("0", logger) == torch.device("cuda", 1)  # one GPU per torchrun process
