@@ -158,28 +158,34 @@ def scores(result_file: Path) -> dict:
     }
 
 
-def run_model(name: str, args, data: Path) -> dict:
-    """Calibrate, train within the budget, test and score one model (in the current folder)."""
-    start_from, model_args = MODELS[name]
+def train_args(name: str, args, data: Path) -> list[str]:
+    """train.py's options for model `name` on the prepared tree `data`, without --total_epoch."""
+    model_args = MODELS[name][1]
     if name == "mobilenet_v2":
         model_args = [*model_args, "--pretrained_path", str(Path(args.pretrained_path).resolve())]
-    train_args = ["--name", name, "--data_dir", str(data), "--height", str(args.height),
-                  "--width", str(args.width), *COMMON_ARGS, *model_args, "--overwrite"]  # fmt: skip
+    return ["--name", name, "--data_dir", str(data), "--height", str(args.height), "--width", str(args.width),
+            *COMMON_ARGS, *model_args, "--overwrite"]  # fmt: skip
+
+
+def run_model(name: str, args, data: Path) -> dict:
+    """Calibrate, train within the budget, test and score one model (in the current folder)."""
+    start_from = MODELS[name][0]
+    train_argv = train_args(name, args, data)
     print(f"\n== {name} ({start_from}): calibration, 1 epoch", flush=True)
-    sec_per_epoch = timed(train.main, [*train_args, "--total_epoch", "1"])
+    sec_per_epoch = timed(train.main, [*train_argv, "--total_epoch", "1"])
     epochs = epochs_in_budget(args.budget_minutes * 60, sec_per_epoch)
     print(
-        f"== {name}: 1 epoch took {sec_per_epoch:.1f} s -> {epochs} epochs in the "
-        f"{args.budget_minutes:g}-minute budget",
+        f"== {name}: 1 epoch took {sec_per_epoch:.1f} s; the {args.budget_minutes:g}-minute budget "
+        f"gives --total_epoch {epochs}",
         flush=True,
     )
-    train_s = timed(train.main, [*train_args, "--total_epoch", str(epochs)])
+    train_s = timed(train.main, [*train_argv, "--total_epoch", str(epochs)])
     result_file = Path(f"{name}_result.mat")
     test_s = timed(test.main, ["--name", name, "--test_dir", str(data), "--result_file", str(result_file),
                                "--gpu_ids", "-1", "--no-progress"])  # fmt: skip
     run = {"model": name, "start_from": start_from, "sec_per_epoch": sec_per_epoch, "epochs": epochs,
            "train_s": train_s, "test_s": test_s, "rankings": scores(result_file)}  # fmt: skip
-    print(f"\n== {name} ({start_from}), {args.height}x{args.width}, {epochs} epochs")
+    print(f"\n== {name} ({start_from}), {args.height}x{args.width}, --total_epoch {epochs}")
     print(
         f"train: {train_s:.1f} s ({train_s / epochs:.1f} s/epoch; calibration epoch {sec_per_epoch:.1f} s); "
         f"test: {test_s:.1f} s"

@@ -131,6 +131,7 @@ def sandbox(tmp_path, monkeypatch):
     work.mkdir()
     synthetic.generate(tmp_path / "Market", num_ids=12, junk=4, distractors=4, seed=1)
     other_datasets(tmp_path / "Market", tmp_path)
+    shutil.copyfile(next((tmp_path / "Market/query").glob("*.jpg")), work / "photo.jpg")  # the README's photo
     monkeypatch.chdir(work)
     return work
 
