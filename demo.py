@@ -424,15 +424,19 @@ def load_model(args, logger):
     return model.to(device, memory_format=torch.channels_last), opts, device, amp_dtype
 
 
-def image_batches(paths: list[Path], opts: dict, args, device):
-    """Batches (B, 3, height, width) of the images, on `device`, in order."""
+def model_outputs(args, logger, paths: list[Path], compute) -> np.ndarray:
+    """`compute(model, images)` over batches (B, 3, height, width) of the images, concatenated in order."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    model, opts, device, amp_dtype = load_model(args, logger)
     data = ImageFiles(paths, test_transform(opts["height"], opts["width"]))
     loader = DataLoader(data, batch_size=BATCH_SIZE, num_workers=num_workers(args, device))
+    outputs = []
     for images in tqdm(loader, disable=not args.progress, leave=False):
-        yield images.to(device)
+        with autocast(device, amp_dtype):
+            outputs.append(compute(model, images.to(device)).float().cpu().numpy())
+    return np.concatenate(outputs)
 
 
 def search_images(args, logger) -> None:
@@ -441,12 +445,7 @@ def search_images(args, logger) -> None:
 
     feats = load_features(args.result_file)
     paths = list_images(args.query_image)
-    model, opts, device, amp_dtype = load_model(args, logger)
-    q_f = []
-    for images in image_batches(paths, opts, args, device):
-        with autocast(device, amp_dtype):
-            q_f.append(extract_embedding(model, images).cpu().numpy())
-    q_f = np.concatenate(q_f)
+    q_f = model_outputs(args, logger, paths, extract_embedding)
     g_f = feats["gallery_f"]
     if q_f.shape[1] != g_f.shape[1]:
         raise UserError(
@@ -501,12 +500,7 @@ def heatmap_overlay(image, activation: np.ndarray):
 def draw_heatmaps(args, logger) -> None:
     """--heatmap: the activation of the last convolutional stage over each image."""
     paths = list_images(args.heatmap)
-    model, opts, device, amp_dtype = load_model(args, logger)
-    activations = []
-    for images in image_batches(paths, opts, args, device):
-        with autocast(device, amp_dtype):
-            activations.append(activation_map(model, images).cpu().numpy())
-    activations = np.concatenate(activations)
+    activations = model_outputs(args, logger, paths, activation_map)
     for path, activation, output in zip(paths, activations, output_paths(args.output, paths)):
         overlay = heatmap_overlay(load_image(str(path)), activation)
         save_image(overlay, output)
