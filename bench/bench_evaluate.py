@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import conditions
+
 
 def run(cmd: list[str]) -> dict:
     """Run `cmd`; its wall time, CPU time (user + sys), peak RSS in MB and output."""
@@ -51,13 +53,6 @@ def measure(commands: dict, repeat: int) -> dict:
                 best[name] = result
             best[name]["rss_mb"] = peak
     return best
-
-
-def conditions() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} x {cpu}; load average (1, 5, 15 min) {load}"
 
 
 def report(best: dict, commands: dict, repeat: int) -> None:

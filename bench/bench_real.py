@@ -49,8 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from bench_evaluate import conditions  # bench_evaluate and common put the repository on sys.path
-from common import ROOT
+from common import ROOT, conditions  # common puts the repository on sys.path
 
 import evaluate_rerank
 import prepare

@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_evaluate import ROOT, conditions, measure, report
+from bench_evaluate import ROOT, measure, report
+from common import conditions
 
 TARGETS = {"market": "at most 10 s and 2 GB", "msmt17": "within the machine's 24 GB"}
 

@@ -43,19 +43,21 @@ def report(**values) -> None:
     print(json.dumps(values), flush=True)
 
 
-def machine() -> str:
-    import torch
-
+def conditions() -> str:
+    """The CPU, its cores and the load average (no torch import: the evaluate benchmarks stay light)."""
     cpu = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        lines = cpuinfo.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} x {cpu}; load average (1, 5, 15 min) {load}"
+
+
+def machine() -> str:
+    import torch
+
+    return f"{conditions()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def side_by_side_parser(doc: str, batchsize: int, ours: str) -> argparse.ArgumentParser:
