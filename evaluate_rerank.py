@@ -10,7 +10,7 @@ the same format, as evaluate.py.
 import argparse
 
 from evaluation import add_evaluation_args, evaluate, load_evaluation_set, query_chunk_rows, report
-from re_ranking import re_ranking
+from re_ranking import check_params, re_ranking
 from utils import HelpFormatter, run_main
 
 
@@ -26,10 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--lambda_value", type=float, default=0.3, help="weight of the original distance (0: Jaccard only)"
     )
     args = parser.parse_args(argv)
-    if args.k1 < 1 or not 1 <= args.k2 <= args.k1 + 1:
-        parser.error(f"need k1 >= 1 and 1 <= k2 <= k1 + 1, got --k1 {args.k1} --k2 {args.k2}")
-    if not 0 <= args.lambda_value <= 1:
-        parser.error(f"--lambda_value must be in [0, 1], got {args.lambda_value}")
+    try:
+        check_params(args.k1, args.k2, args.lambda_value)
+    except ValueError as error:
+        parser.error(f"--k1 {args.k1} --k2 {args.k2} --lambda_value {args.lambda_value}: {error}")
     return args
 
 

@@ -54,8 +54,7 @@ def re_ranking(
     neighbourhood; k2: neighbours averaged by the local query expansion (1 = none, at most k1 + 1);
     lambda_value: weight of the original distance (0 = Jaccard distance only).
     """
-    if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
-        raise ValueError(f"need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
+    check_params(k1, k2, lambda_value)
     x = np.ascontiguousarray(np.concatenate([q_f, g_f]), dtype=np.float32)
     n_q, n = len(q_f), len(x)
     sq = np.einsum("ij,ij->i", x, x)
@@ -70,6 +69,12 @@ def re_ranking(
         v = expansion @ v
     _add_jaccard(dist, v, lambda_value)
     return dist
+
+
+def check_params(k1: int, k2: int, lambda_value: float) -> None:
+    """Raise ValueError unless k1 >= 1, 1 <= k2 <= k1 + 1 and 0 <= lambda_value <= 1."""
+    if k1 < 1 or not 1 <= k2 <= k1 + 1 or not 0 <= lambda_value <= 1:
+        raise ValueError(f"need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
 
 
 def _nearest_neighbours(x, sq, kk: int, dist_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

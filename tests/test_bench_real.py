@@ -106,6 +106,18 @@ def test_defaults_find_the_shared_data():
         assert bench_real.missing_input(args) is None
 
 
+def test_rerank_settings(capsys):
+    assert bench_real.parse_args([]).rerank == [(20, 6, 0.3), (6, 3, 0.3)]
+    args = bench_real.parse_args(["--rerank", "10,4,0.5", "--rerank", "3,1,0"])
+    assert args.rerank == [(10, 4, 0.5), (3, 1, 0.0)]
+    for bad in ("10,4", "10,12,0.3", "a,b,c", "10,4,1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_real.parse_args(["--rerank", bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--rerank: {bad!r}: give K1,K2,LAMBDA" in err, err
+
+
 def test_keep_refuses_a_folder_in_use(tmp_path):
     raw = write_raw_market(tmp_path / "raw")
     (tmp_path / "work").mkdir()
@@ -148,7 +160,7 @@ def test_tiny_run_prepares_trains_tests_and_reports(tmp_path, capsys):
 
     assert run["model"] == "mobilenet_v2" and run["epochs"] == 1  # a budget of 0 still trains 1 epoch
     assert run["sec_per_epoch"] > 0 and run["train_s"] > 0 and run["test_s"] > 0
-    assert len(run["rankings"]) == 2
+    assert list(run["rankings"]) == ["none", "k1=20 k2=6 lambda=0.3", "k1=6 k2=3 lambda=0.3"]
     for results in run["rankings"].values():
         assert results["n_query"] == 4 and results["n_gallery"] == 12 and results["n_evaluated"] == 4
         for key in ("rank1", "rank5", "rank10", "mAP_market1501", "mAP", "mINP"):
@@ -162,7 +174,7 @@ def test_tiny_run_prepares_trains_tests_and_reports(tmp_path, capsys):
     assert (work / "mobilenet_v2_result.mat").is_file()
     # One table row per ranking, the command and the machine.
     rows = [line for line in out.splitlines() if line.startswith("| mobilenet_v2 |")]
-    assert len(rows) == 2 and "| 64x32 | 1 (" in rows[0] and "| none |" in rows[0]
-    assert "| k1=20 k2=6 lambda=0.3 |" in rows[1]
+    assert len(rows) == 3 and "| 64x32 | 1 (" in rows[0] and "| none |" in rows[0]
+    assert "| k1=20 k2=6 lambda=0.3 |" in rows[1] and "| k1=6 k2=3 lambda=0.3 |" in rows[2]
     assert f"command: python bench/bench_real.py {' '.join(argv)}" in out
     assert "machine: " in out and f"torch {torch.__version__}" in out

@@ -132,8 +132,12 @@ def test_evaluate_rerank_reports_the_metric_of_the_re_ranked_distance(tmp_path, 
 
 
 def test_evaluate_rerank_rejects_bad_parameters(tmp_path, capsys):
-    for extra in (["--k1", "5", "--k2", "7"], ["--lambda_value", "-0.1"]):
+    for extra, named in (
+        (["--k1", "5", "--k2", "7"], "--k1 5 --k2 7 --lambda_value 0.3"),
+        (["--lambda_value", "-0.1"], "--k1 20 --k2 6 --lambda_value -0.1"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             evaluate_rerank.main(["--result_file", str(tmp_path / "f.mat"), *extra])
         assert exit_info.value.code == 2
-    assert "need k1 >= 1 and 1 <= k2 <= k1 + 1" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert named in err and "need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda <= 1" in err
