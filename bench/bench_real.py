@@ -117,7 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def rerank_setting(text: str) -> tuple[int, int, float]:
-    """"K1,K2,LAMBDA" -> (k1, k2, lambda_value), checked as re_ranking checks them."""
+    """Parse "K1,K2,LAMBDA" into (k1, k2, lambda_value), checked as re_ranking checks them."""
     try:
         k1, k2, lambda_value = text.split(",")
         setting = (int(k1), int(k2), float(lambda_value))
