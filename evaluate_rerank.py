@@ -11,7 +11,7 @@ import argparse
 
 from evaluation import add_evaluation_args, evaluate, load_evaluation_set, query_chunk_rows, report
 from re_ranking import check_params, re_ranking
-from utils import HelpFormatter, run_main
+from utils import HelpFormatter, UserError, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,7 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     feats, q_f, info = load_evaluation_set(args)
-    dist = re_ranking(q_f, feats["gallery_f"], args.k1, args.k2, args.lambda_value)
+    try:
+        dist = re_ranking(q_f, feats["gallery_f"], args.k1, args.k2, args.lambda_value)
+    except ValueError as error:  # the parameters are checked already: this is about the features
+        raise UserError(f"{args.result_file}: {error}") from None
     rows = query_chunk_rows(dist.shape[1])
     dist_chunks = (dist[start : start + rows] for start in range(0, len(dist), rows))
     results = evaluate(

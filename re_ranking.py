@@ -60,6 +60,12 @@ def re_ranking(
     sq = np.einsum("ij,ij->i", x, x)
     dist = np.empty((n_q, n - n_q), dtype=np.float32)  # holds d(probe, gallery) until the last step
     rank, row_max = _nearest_neighbours(x, sq, min(k1 + 1, n), dist)
+    # Distances are divided by each point's largest; a point within rounding of every other one means
+    # all the features are one vector (a collapsed model), and the re-ranked distance is 0 / 0.
+    if (row_max <= 1e-6 * max(sq.max(), 1e-30)).any():
+        raise ValueError(
+            "all the features are the same vector, so there is nothing to re-rank (did training collapse?)"
+        )
     v = _encode(x, sq, rank, row_max, k1)
     k2 = min(k2, n)  # as the reference's rank[i, :k2] with fewer than k2 points
     if k2 > 1:
@@ -116,7 +122,8 @@ def _nearest_neighbours(x, sq, kk: int, dist_out: np.ndarray) -> tuple[np.ndarra
             keys = np.sort(_merge(parts.pop(a), kk), axis=1)
             rank[rows_a] = keys & np.uint64(0xFFFFFFFF)
             probes = slice(a, probe_stop)
-            dist_out[probes] /= row_max[probes, None]
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero maximum is refused later
+                dist_out[probes] /= row_max[probes, None]
 
     # |x|^2 + |y|^2 - 2 x.y in one matrix product: [x, |x|^2, 1] . [-2 y, 1, |y|^2]
     one = np.ones((n, 1), dtype=np.float32)

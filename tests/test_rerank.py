@@ -1,6 +1,9 @@
 """k-reciprocal re-ranking: the bounded-memory version equals a plain dense one written from the paper."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import pytest
 import evaluate_rerank
 import re_ranking
 from evaluation import evaluate, save_features
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def dense_re_ranking(q_f, g_f, k1=20, k2=6, lambda_value=0.3):
@@ -141,3 +146,25 @@ def test_evaluate_rerank_rejects_bad_parameters(tmp_path, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert named in err and "need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda <= 1" in err
+
+
+def test_identical_features_are_refused():
+    same = np.tile(np.float32([0.6, 0.8]), (5, 1))
+    with pytest.raises(ValueError, match="all the features are the same vector"):
+        re_ranking.re_ranking(same[:2], same[2:], 2, 1, 0.3)
+    # Two distinct vectors are enough to re-rank.
+    same[0] = [0.8, 0.6]
+    assert np.isfinite(re_ranking.re_ranking(same[:2], same[2:], 2, 1, 0.3)).all()
+
+
+def test_evaluate_rerank_names_the_file_of_a_collapsed_model(tmp_path):
+    feats = features_file(tmp_path / "f.mat")
+    feats["query_f"][:] = feats["gallery_f"][:] = feats["gallery_f"][0]
+    save_features(tmp_path / "collapsed.mat", feats)
+    run = subprocess.run(
+        [sys.executable, "evaluate_rerank.py", "--result_file", str(tmp_path / "collapsed.mat")],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2
+    message = "all the features are the same vector, so there is nothing to re-rank (did training collapse?)"
+    assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'collapsed.mat'}: {message}"]
