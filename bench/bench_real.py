@@ -50,20 +50,19 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from common import ROOT, conditions  # common puts the repository on sys.path
+from common import ROOT, conditions, work_folder  # common puts the repository on sys.path
 
 import prepare
 import test
 import train
 from evaluation import evaluate, feature_distance_chunks, format_results, load_features
 from re_ranking import check_params, re_ranking
-from utils import HelpFormatter, UserError, run_main
+from utils import HelpFormatter, run_main
 
 SHARED = ROOT.parent / "shared"
 DATA_DIR = SHARED / "data/cuhk01"
@@ -241,29 +240,17 @@ def main(argv=None) -> list[dict] | None:
         print(f"bench_real.py: skipped, {reason}")
         return None
     print(f"$ {command}", flush=True)
-    if args.keep:
-        work = Path(args.keep).resolve()
-        if work.exists() and (not work.is_dir() or any(work.iterdir())):
-            raise UserError(f"--keep {work}: not an empty folder; give a new or empty one")
-        work.mkdir(parents=True, exist_ok=True)
-        tmp = None
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_real-")
-        work = Path(tmp.name)
-    try:
+    with work_folder(args.keep, "bench_real-") as work:
         data = work / "pytorch"
         # Copies, not links: nothing in the work folder shares a file with the raw dataset.
         prepare.main(["--data_dir", str(Path(args.data_dir).resolve()), "--output_dir", str(data), "--copy"])
         with working_dir(work):
             runs = [run_model(name, args, data) for name in args.models]
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     print(f"\n{table(runs, args)}\n")
     print(f"command: {command}")
     print(f"machine: {conditions()}; torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     if args.keep:
-        print(f"kept: {work}")
+        print(f"kept: {Path(args.keep).resolve()}")
     return runs
 
 

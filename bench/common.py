@@ -9,13 +9,32 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@contextmanager
+def work_folder(keep: str | None, prefix: str):
+    """The folder a benchmark runs in: `keep` (--keep DIR: new or empty, kept afterwards) or, when it
+    is None, a new temporary folder, removed afterwards."""
+    from utils import UserError
+
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    work = Path(keep).resolve()
+    if work.exists() and (not work.is_dir() or any(work.iterdir())):
+        raise UserError(f"--keep {work}: not an empty folder; give a new or empty one")
+    work.mkdir(parents=True, exist_ok=True)
+    yield work
 
 
 def prepared_synthetic(root: Path, num_ids: int = 200, seed: int = 0) -> Path:
@@ -27,6 +46,13 @@ def prepared_synthetic(root: Path, num_ids: int = 200, seed: int = 0) -> Path:
     synthetic.generate(raw, num_ids=num_ids, seed=seed)
     prepare.main(["--data_dir", str(raw), "--output_dir", str(root / "pytorch")])
     return root / "pytorch"
+
+
+def shell_commands(text: str, prefix: str) -> list[list[str]]:
+    """The `prefix`-started commands of a shell text (`prefix` dropped), continuation lines joined,
+    comments dropped: how the tests and bench_quickstart.py read quickstart.sh and the README."""
+    joined = text.replace("\\\n", " ")
+    return [shlex.split(line, comments=True)[1:] for line in joined.splitlines() if line.startswith(prefix)]
 
 
 def run_child(argv: list[str], cwd: Path | None = None) -> dict:

@@ -8,8 +8,8 @@ takes the last value): one epoch at 64x32 from scratch, on the CPU.
 
 import importlib
 import re
-import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,9 @@ import pytest
 import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import shell_commands
+
 SHORT = {
     "synthetic.py": ["--num_ids", "16"],
     "train.py": [
@@ -42,19 +45,13 @@ def bash_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
 
 
-def commands(lines: str, prefix: str) -> list[list[str]]:
-    """The `prefix`-started commands of a shell text, continuation lines joined, comments dropped."""
-    joined = lines.replace("\\\n", " ")
-    return [shlex.split(line, comments=True)[1:] for line in joined.splitlines() if line.startswith(prefix)]
-
-
 def readme_commands() -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
-    return [cmd for block in bash_blocks(text) for cmd in commands(block, "python ")]
+    return [cmd for block in bash_blocks(text) for cmd in shell_commands(block, "python ")]
 
 
 def quickstart_commands() -> list[list[str]]:
-    return commands((ROOT / "quickstart.sh").read_text(), "$PY ")
+    return shell_commands((ROOT / "quickstart.sh").read_text(), "$PY ")
 
 
 def run(argv: list[str]) -> None:
