@@ -8,10 +8,11 @@ everything goes to a temporary folder (kept with --keep DIR), where prepare.py w
 (copies of the images) and train.py, run in that folder, writes `model/NAME`. For each model:
 
 1. calibration: train.py for 1 epoch; its wall time (data loading, training, the val pass,
-   checkpoints) is the seconds per epoch. The first epoch also pays the warm-up of the kernels, so
-   the estimate errs on the safe side;
+   checkpoints) is the seconds per epoch, an estimate: later epochs can run a few percent faster or
+   slower (on the development machine, ResNet-50's 25 epochs took 30.2 minutes of a 30-minute
+   budget, MobileNetV2's 116 took 28.8);
 2. training: train.py again from the start with --total_epoch = floor(budget / seconds per epoch),
-   at least 1, so training fits --budget_minutes on this machine and the cosine schedule spans
+   at least 1, so training takes about --budget_minutes on this machine and the cosine schedule spans
    exactly the epochs that fit;
 3. test: test.py extracts the query and gallery features, which evaluation.evaluate scores on the
    feature distance and on the k-reciprocal re-ranked distance of each --rerank setting.
