@@ -55,7 +55,12 @@ def measure(commands: dict, repeat: int) -> dict:
     return best
 
 
-def report(best: dict, commands: dict, repeat: int) -> None:
+def compare(commands: dict, repeat: int) -> dict:
+    """Print this benchmark's command line and the machine, measure `commands`, then print each
+    command, its output and its figures; return the best run of each (see `measure`)."""
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"machine: {conditions()}\n")
+    best = measure(commands, repeat)
     for name, cmd in commands.items():
         b = best[name]
         print(f"$ {' '.join(cmd)}")
@@ -64,6 +69,7 @@ def report(best: dict, commands: dict, repeat: int) -> None:
             f"-> {name}: best wall {b['wall']:.2f} s of {repeat} (CPU {b['cpu']:.2f} s), "
             f"peak RSS {b['rss_mb']:.0f} MB\n"
         )
+    return best
 
 
 def main(argv=None) -> None:
@@ -82,10 +88,7 @@ def main(argv=None) -> None:
             "evaluate.py": [sys.executable, "evaluate.py", "--result_file", path],
             "baseline": [sys.executable, "bench/baseline_evaluate.py", "--result_file", path],
         }
-        print(f"$ python {' '.join(sys.argv)}")
-        print(f"machine: {conditions()}\n")
-        best = measure(commands, args.repeat)
-        report(best, commands, args.repeat)
+        best = compare(commands, args.repeat)
     same = best["evaluate.py"]["out"].splitlines()[1:] == best["baseline"]["out"].splitlines()[1:]
     print(f"identical results: {'yes' if same else 'NO'}")
     fast, slow = best["evaluate.py"], best["baseline"]

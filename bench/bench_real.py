@@ -55,8 +55,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from common import ROOT, conditions, work_folder  # common puts the repository on sys.path
+from common import ROOT, machine, work_folder  # common puts the repository on sys.path
 
 import prepare
 import test
@@ -249,7 +248,7 @@ def main(argv=None) -> list[dict] | None:
             runs = [run_model(name, args, data) for name in args.models]
     print(f"\n{table(runs, args)}\n")
     print(f"command: {command}")
-    print(f"machine: {conditions()}; torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    print(f"machine: {machine()}, float32")
     if args.keep:
         print(f"kept: {Path(args.keep).resolve()}")
     return runs

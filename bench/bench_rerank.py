@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_evaluate import ROOT, measure, report
+from bench_evaluate import ROOT, compare
 from common import conditions
 
 TARGETS = {"market": "at most 10 s and 2 GB", "msmt17": "within the machine's 24 GB"}
@@ -35,10 +35,7 @@ def main(argv=None) -> None:
             "evaluate_rerank.py": [sys.executable, "evaluate_rerank.py", "--result_file", path],
             "evaluate.py": [sys.executable, "evaluate.py", "--result_file", path],
         }
-        print(f"$ python {' '.join(sys.argv)}")
-        print(f"machine: {conditions()}\n")
-        best = measure(commands, args.repeat)
-        report(best, commands, args.repeat)
+        compare(commands, args.repeat)
     print(f"target for {args.size}: {TARGETS[args.size]}")
     print(f"after: {conditions()}")
 
