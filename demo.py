@@ -34,22 +34,19 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from evaluation import add_result_file_arg, feature_distance_chunks, load_features
+from data import list_images, load_image
+from features import add_result_file_arg, add_trained_model_args, load_features
+from metrics import euclidean, feature_distance_chunks, protocol_masks
 from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
-    add_model_args,
     atomic_write,
-    autocast,
-    is_image,
-    load_image,
     num_workers,
     run_main,
     run_precision,
     select_device,
     setup_logging,
-    test_transform,
 )
 
 # Frame colours of the ranked images; `unknown`: the query's identity is unknown (--query_image).
@@ -93,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="PNG to write; default demo.png, distances.png with --plot_distances, heatmap.png with "
         "--heatmap. For a folder of images: OUTPUT-NAME_IMAGE-NAME.png, one per image",
     )
-    add_model_args(parser)  # for --query_image and --heatmap
+    add_trained_model_args(parser)  # for --query_image and --heatmap
     add_device_args(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1:
@@ -109,31 +106,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Ranking.
 
 
-def distances_to_gallery(q_f: np.ndarray, g_f: np.ndarray) -> np.ndarray:
-    """The distances (n_g,) from one unit feature q_f (d,) to the unit gallery features g_f (n_g, d)."""
-    cos = g_f @ q_f
-    return np.sqrt(np.clip(2 - 2 * cos.astype(np.float64), 0, None))
-
-
 def rank_gallery(q_f: np.ndarray, g_f: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The gallery indices (k,) of the top_k nearest images of q_f (d,), nearest first, and their distances.
-
-    Ranked by the float32 cosine with a stable sort, so ties keep the gallery order as in evaluation.py.
-    """
-    order = np.argsort(-(g_f @ q_f), kind="stable")[:top_k]
-    return order, distances_to_gallery(q_f, g_f[order])
+    """The gallery indices (k,) of the top_k nearest images of q_f (d,), nearest first, and their
+    Euclidean distances: the ranking of metrics.py (ties in gallery order)."""
+    dist = next(feature_distance_chunks(q_f[None], g_f))[0]
+    order = np.argsort(dist, kind="stable")[:top_k]
+    return order, euclidean(dist[order])
 
 
 def match_kinds(q_pid: int, q_cam: int, g_pid: np.ndarray, g_cam: np.ndarray) -> np.ndarray:
-    """What each gallery image (n,) is for one query, by the Market-1501 protocol of evaluation.py.
-
-    "junk": label -1, or the query's id from the query's camera (both ignored by the metric);
-    "match": the query's id from another camera; "wrong": anything else, distractors (label 0) included.
-    """
-    g_pid, g_cam = np.asarray(g_pid), np.asarray(g_cam)
-    same = g_pid == q_pid
-    junk = (g_pid == -1) | (same & (g_cam == q_cam))
-    return np.where(junk, "junk", np.where(same, "match", "wrong"))
+    """What each gallery image (n,) is for one query, by metrics.protocol_masks (Market-1501):
+    "junk" (ignored by the metric), "match" (a true match) or "wrong" (distractors included)."""
+    good, junk = protocol_masks([q_pid], [q_cam], np.asarray(g_pid), np.asarray(g_cam))
+    return np.where(junk[0], "junk", np.where(good[0], "match", "wrong"))
 
 
 def threshold_answer(best_dist: float, threshold: float | None) -> str:
@@ -283,14 +268,13 @@ def pair_histograms(feats: dict, bins: int = DISTANCE_BINS) -> tuple[np.ndarray,
     start = 0
     for neg_cos in feature_distance_chunks(feats["query_f"], feats["gallery_f"]):
         stop = start + len(neg_cos)
-        q_pid, q_cam = feats["query_label"][start:stop, None], feats["query_cam"][start:stop, None]
+        good, junk = protocol_masks(
+            feats["query_label"][start:stop], feats["query_cam"][start:stop], g_pid, g_cam
+        )
         start = stop
-        dist = np.sqrt(np.clip(2 + 2 * neg_cos.astype(np.float64), 0, None))
-        bin_index = np.minimum((dist * (bins / 2)).astype(np.int64), bins - 1)
-        same = q_pid == g_pid
-        kept = (g_pid != -1) & ~(same & (q_cam == g_cam))
-        true_hist += np.bincount(bin_index[kept & same], minlength=bins)
-        false_hist += np.bincount(bin_index[kept & ~same], minlength=bins)
+        bin_index = np.minimum((euclidean(neg_cos) * (bins / 2)).astype(np.int64), bins - 1)
+        true_hist += np.bincount(bin_index[good], minlength=bins)
+        false_hist += np.bincount(bin_index[~good & ~junk], minlength=bins)
     return true_hist, false_hist
 
 
@@ -378,11 +362,11 @@ def plot_distances(args, logger) -> None:
 # The modes that run a model.
 
 
-def list_images(path: str) -> list[Path]:
+def image_paths(path: str) -> list[Path]:
     """An image, or the images of a folder and its subfolders, sorted."""
     path = Path(path)
     if path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+        images = list_images(path, recursive=True)
         if not images:
             raise UserError(f"{path}: no images in this folder")
         return images
@@ -399,53 +383,28 @@ def output_paths(output: str, images: list[Path]) -> list[Path]:
     return [output.with_name(f"{output.stem}_{image.stem}{output.suffix}") for image in images]
 
 
-class ImageFiles:
-    """Test-time tensors (3, H, W) of a list of image files: a map-style dataset for DataLoader."""
-
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return self.transform(load_image(str(self.paths[i])))
-
-
-def load_model(args, logger):
-    """The trained model `model/NAME` on the selected device: (model, opts, device, autocast dtype)."""
+def model_outputs(args, logger, paths: list[Path], compute=None) -> np.ndarray:
+    """`compute(model, images)` (default: the retrieval features) of the images, with model/NAME."""
     import torch
 
+    from features import extract
     from model import load_trained_model
 
-    model, opts = load_trained_model(Path("model") / args.name, args.which_epoch)
+    model, config = load_trained_model(Path("model") / args.name, args.which_epoch)
     device = select_device(args.gpu_ids, logger)
     amp_dtype = run_precision(args, device, logger)
-    return model.to(device, memory_format=torch.channels_last), opts, device, amp_dtype
-
-
-def model_outputs(args, logger, paths: list[Path], compute) -> np.ndarray:
-    """`compute(model, images)` over batches (B, 3, height, width) of the images, concatenated in order."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    model, opts, device, amp_dtype = load_model(args, logger)
-    data = ImageFiles(paths, test_transform(opts["height"], opts["width"]))
-    loader = DataLoader(data, batch_size=BATCH_SIZE, num_workers=num_workers(args, device))
-    outputs = []
-    for images in tqdm(loader, disable=not args.progress, leave=False):
-        with autocast(device, amp_dtype):
-            outputs.append(compute(model, images.to(device)).float().cpu().numpy())
-    return np.concatenate(outputs)
+    model = model.to(device, memory_format=torch.channels_last)
+    return extract(
+        model, paths, (config.height, config.width), device, amp_dtype, BATCH_SIZE,
+        num_workers(args, device), progress=args.progress, compute=compute,
+    )  # fmt: skip
 
 
 def search_images(args, logger) -> None:
     """--query_image: rank the gallery of the features file for each image, with the trained model."""
-    from model import extract_embedding
-
     feats = load_features(args.result_file)
-    paths = list_images(args.query_image)
-    q_f = model_outputs(args, logger, paths, extract_embedding)
+    paths = image_paths(args.query_image)
+    q_f = model_outputs(args, logger, paths)
     g_f = feats["gallery_f"]
     if q_f.shape[1] != g_f.shape[1]:
         raise UserError(
@@ -477,8 +436,7 @@ def activation_map(model, images):
     """(B, 3, H, W) -> (B, h, w): the mean over channels of the last convolutional feature map."""
     import torch
 
-    with torch.no_grad():
-        return model.backbone(images.contiguous(memory_format=torch.channels_last)).float().mean(dim=1)
+    return model.feature_map(images.contiguous(memory_format=torch.channels_last)).float().mean(dim=1)
 
 
 def heatmap_overlay(image, activation: np.ndarray):
@@ -499,7 +457,7 @@ def heatmap_overlay(image, activation: np.ndarray):
 
 def draw_heatmaps(args, logger) -> None:
     """--heatmap: the activation of the last convolutional stage over each image."""
-    paths = list_images(args.heatmap)
+    paths = image_paths(args.heatmap)
     activations = model_outputs(args, logger, paths, activation_map)
     for path, activation, output in zip(paths, activations, output_paths(args.output, paths)):
         overlay = heatmap_overlay(load_image(str(path)), activation)

@@ -1,25 +1,16 @@
 """Evaluate a features file with the distances computed by torch, on a GPU when there is one.
 
-Same metric and output as evaluate.py (`evaluation.evaluate`); only the distance -q.g is computed
+Same metric and output as evaluate.py (`metrics.evaluate`); only the distance -q.g is computed
 differently: with torch on the device of `--gpu_ids` (the CPU when CUDA is not available), one chunk
 of queries at a time, copied back for the ranking.
 
     python evaluate_gpu.py --result_file pytorch_result.mat --gpu_ids 0
 """
 
-import argparse
-
 import torch
 
-from evaluation import add_evaluation_args, evaluate, load_evaluation_set, query_chunk_rows, report
-from utils import HelpFormatter, add_device_args, run_main, select_device, setup_logging
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_evaluation_args(parser)
-    add_device_args(parser, model=False)
-    return parser.parse_args(argv)
+from metrics import evaluate_file, evaluation_parser, query_chunk_rows
+from utils import add_device_args, run_main, select_device, setup_logging
 
 
 @torch.inference_mode()
@@ -33,14 +24,11 @@ def torch_distance_chunks(q_f, g_f, device: torch.device):
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    parser = evaluation_parser(__doc__)
+    add_device_args(parser, model=False)
+    args = parser.parse_args(argv)
     device = select_device(args.gpu_ids, setup_logging())
-    feats, q_f, info = load_evaluation_set(args)
-    dist_chunks = torch_distance_chunks(q_f, feats["gallery_f"], device)
-    results = evaluate(
-        dist_chunks, feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"]
-    )
-    report({**info, "distance": f"-q.g (torch, {device})", **results}, args.json)
+    evaluate_file(args, lambda q_f, g_f: torch_distance_chunks(q_f, g_f, device), f"-q.g (torch, {device})")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ the same format, as evaluate.py.
 
 import argparse
 
-from evaluation import add_evaluation_args, evaluate, load_evaluation_set, query_chunk_rows, report
+from metrics import evaluate_file, evaluation_parser, row_chunks
 from re_ranking import check_params, re_ranking
-from utils import HelpFormatter, UserError, run_main
+from utils import UserError, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_evaluation_args(parser)
+    parser = evaluation_parser(__doc__)
     group = parser.add_argument_group("re-ranking")
     group.add_argument("--k1", type=int, default=20, help="size of the k-reciprocal neighbourhood")
     group.add_argument(
@@ -35,18 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    feats, q_f, info = load_evaluation_set(args)
-    try:
-        dist = re_ranking(q_f, feats["gallery_f"], args.k1, args.k2, args.lambda_value)
-    except ValueError as error:  # the parameters are checked already: this is about the features
-        raise UserError(f"{args.result_file}: {error}") from None
-    rows = query_chunk_rows(dist.shape[1])
-    dist_chunks = (dist[start : start + rows] for start in range(0, len(dist), rows))
-    results = evaluate(
-        dist_chunks, feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"]
-    )
+
+    def re_ranked(q_f, g_f):
+        try:
+            return row_chunks(re_ranking(q_f, g_f, args.k1, args.k2, args.lambda_value))
+        except ValueError as error:  # the parameters are checked already: this is about the features
+            raise UserError(f"{args.result_file}: {error}") from None
+
     distance = f"k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})"
-    report({**info, "distance": distance, **results}, args.json)
+    evaluate_file(args, re_ranked, distance)
 
 
 if __name__ == "__main__":

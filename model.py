@@ -1,23 +1,36 @@
 """The re-ID networks: a CNN backbone, global pooling and a bottleneck classifier head.
 
+- `BACKBONES`: the backbone table, one named row per network (constructor, feature size, how to cut
+  the trunk and make its last stride 1). Feature sizes are looked up here, never repeated elsewhere.
+- `ModelConfig`: everything that defines a network's architecture, every default written once. train.py
+  saves it under `model:` in opts.yaml; test.py and demo.py rebuild the network from it.
 - `ClassBlock`: the bottleneck head of the classic baseline (Linear -> BN -> Dropout -> Linear).
-- `ReIDNet`: any backbone of the table `BACKBONES` + average pooling + one ClassBlock.
+- `ReIDNet`: a backbone of the table + average pooling + one ClassBlock.
 - `PCB`: Part-based Convolutional Baseline, ResNet-50 with six horizontal parts.
-- `build_model(opts)`: the only factory; test.py rebuilds a trained model from its opts.yaml with it.
+- `build_model(config)`: the only factory; `load_trained_model(run_dir, which_epoch)` rebuilds a
+  trained network from its opts.yaml and loads a checkpoint strictly.
 
-Every network has `forward(x)` (class logits, for training) and `embed(x)` (the retrieval feature,
-for test.py), so nothing strips layers at test time.
+Every network has `forward(x)` (class logits, for training), `embed(x)` (the retrieval feature) and
+`feature_map(x)` (the last convolutional stage, for heatmaps), so nothing strips layers at test time.
+features.py turns `embed` into the features the evaluation ranks (flip, scales, L2 normalisation).
 """
 
+import argparse
+import dataclasses
 import pickle
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
 from torch import nn
 
 from utils import UserError, load_yaml
+
+# ----------------------------------------------------------------------------------------------------
+# The backbone table.
 
 
 def _resnet_trunk(net: nn.Module) -> nn.Sequential:
@@ -54,24 +67,23 @@ def _mobilenet_last_stride_1(net: nn.Module) -> None:
             module.stride = (1, 1)
 
 
-# name -> (torchvision constructor, feature size, trunk, make last stride 1, classifier key prefix)
+class Backbone(NamedTuple):
+    constructor: Callable[..., nn.Module]  # torchvision's, taking `weights`
+    feature_dim: int  # channels of the last feature map, the pooled feature's size
+    trunk: Callable[[nn.Module], nn.Module]  # the classification network -> its convolutional trunk
+    last_stride_1: Callable[[nn.Module], None]  # makes the trunk's last down-sampling stride 1, in place
+    classifier_prefix: str  # the ImageNet classifier's state_dict keys, absent from a features-only file
+
+
 BACKBONES = {
-    "resnet50": (torchvision.models.resnet50, 2048, _resnet_trunk, _resnet_last_stride_1, "fc."),
-    "resnet18": (torchvision.models.resnet18, 512, _resnet_trunk, _resnet_last_stride_1, "fc."),
-    "resnet34": (torchvision.models.resnet34, 512, _resnet_trunk, _resnet_last_stride_1, "fc."),
-    "densenet121": (
-        torchvision.models.densenet121,
-        1024,
-        _densenet_trunk,
-        _densenet_last_stride_1,
-        "classifier.",
+    "resnet50": Backbone(torchvision.models.resnet50, 2048, _resnet_trunk, _resnet_last_stride_1, "fc."),
+    "resnet18": Backbone(torchvision.models.resnet18, 512, _resnet_trunk, _resnet_last_stride_1, "fc."),
+    "resnet34": Backbone(torchvision.models.resnet34, 512, _resnet_trunk, _resnet_last_stride_1, "fc."),
+    "densenet121": Backbone(
+        torchvision.models.densenet121, 1024, _densenet_trunk, _densenet_last_stride_1, "classifier."
     ),
-    "mobilenet_v2": (
-        torchvision.models.mobilenet_v2,
-        1280,
-        _mobilenet_trunk,
-        _mobilenet_last_stride_1,
-        "classifier.",
+    "mobilenet_v2": Backbone(
+        torchvision.models.mobilenet_v2, 1280, _mobilenet_trunk, _mobilenet_last_stride_1, "classifier."
     ),
 }
 
@@ -83,11 +95,9 @@ def load_imagenet_backbone(backbone: str, pretrained: bool, pretrained_path: str
     missing from it. Otherwise, when pretrained, torchvision's weights API (downloads once, then
     uses its cache).
     """
-    if backbone not in BACKBONES:
-        raise UserError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
-    constructor, _, _, _, classifier_prefix = BACKBONES[backbone]
+    row = BACKBONES[backbone]
     if pretrained_path:
-        net = constructor(weights=None)
+        net = row.constructor(weights=None)
         path = Path(pretrained_path)
         if not path.is_file():
             raise UserError(f"--pretrained_path {path}: no such file")
@@ -96,7 +106,7 @@ def load_imagenet_backbone(backbone: str, pretrained: bool, pretrained_path: str
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
             raise UserError(f"--pretrained_path {path}: cannot read it as a state_dict ({err})") from None
         missing, unexpected = net.load_state_dict(state, strict=False)
-        wrong = [k for k in missing if not k.startswith(classifier_prefix)] + list(unexpected)
+        wrong = [k for k in missing if not k.startswith(row.classifier_prefix)] + list(unexpected)
         if wrong:
             raise UserError(
                 f"--pretrained_path {path} does not fit torchvision's {backbone}: {len(wrong)} keys "
@@ -104,14 +114,99 @@ def load_imagenet_backbone(backbone: str, pretrained: bool, pretrained_path: str
             )
         return net
     if not pretrained:
-        return constructor(weights=None)
+        return row.constructor(weights=None)
     try:
-        return constructor(weights="DEFAULT")
+        return row.constructor(weights="DEFAULT")
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         raise UserError(
             f"cannot get the ImageNet weights of {backbone} ({type(err).__name__}: offline?): "
             "train from scratch with --no-pretrained, or give a local file with --pretrained_path FILE"
         ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model configuration.
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What defines a network's architecture: the one place that holds every model default.
+
+    Saved by train.py under the key `model` of opts.yaml and read back strictly by `from_dict`.
+    height and width are the input size; None means the default, 256x128 (PCB: 384x192).
+    """
+
+    nclasses: int  # identities of the training split
+    backbone: str = "resnet50"
+    PCB: bool = False
+    stride: int = 2  # of the last stage; 1 doubles the final feature map
+    droprate: float = 0.5  # dropout before the classifier
+    linear_num: int = 512  # bottleneck size; <= 0: no bottleneck Linear
+    height: int | None = None
+    width: int | None = None
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise UserError(f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
+        if self.PCB and self.backbone != "resnet50":
+            raise UserError("--PCB is built on resnet50; drop --backbone/--use_dense")
+        if self.height is None:
+            self.height = 384 if self.PCB else 256
+        if self.width is None:
+            self.width = 192 if self.PCB else 128
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> "ModelConfig":
+        """The configuration saved in `values`; a missing or unknown key is a UserError naming it."""
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: the model configuration must be a mapping, found {values!r}")
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        missing = [name for name in names if name not in values]
+        if unknown or missing:
+            problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+            raise UserError(f"{where}: {problem} in the model configuration; train the model again")
+        return cls(**values)
+
+    @classmethod
+    def from_options(cls, options: dict, where: str = "the options") -> "ModelConfig":
+        """The configuration of a script's options (train.py's, or a flat opts.yaml), which name the
+        fields as ModelConfig does; fields they lack are missing keys (see from_dict)."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls.from_dict({name: options[name] for name in names if name in options}, where)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The architecture options of train.py, with ModelConfig's defaults (and the classic aliases)."""
+    default = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    group = parser.add_argument_group("model")
+    group.add_argument("--backbone", default=default["backbone"], choices=list(BACKBONES), help="network")
+    group.add_argument(
+        "--use_dense",
+        dest="backbone",
+        action="store_const",
+        const="densenet121",
+        help="= --backbone densenet121",
+    )
+    group.add_argument("--PCB", action="store_true", help="Part-based Convolutional Baseline (ResNet-50)")
+    group.add_argument(
+        "--stride", type=int, default=default["stride"], choices=[1, 2], help="stride of the last stage"
+    )
+    group.add_argument(
+        "--droprate", type=float, default=default["droprate"], help="dropout before the classifier"
+    )
+    group.add_argument(
+        "--linear_num", type=int, default=default["linear_num"], help="bottleneck size (<= 0: none)"
+    )
+    group.add_argument("--height", type=int, default=None, help="input height (default 256; PCB 384)")
+    group.add_argument("--width", type=int, default=None, help="input width (default 128; PCB 192)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The networks.
 
 
 class ClassBlock(nn.Module):
@@ -122,9 +217,7 @@ class ClassBlock(nn.Module):
     small normal for the classifier.
     """
 
-    def __init__(
-        self, input_dim: int, num_classes: int, droprate: float = 0.5, linear_num: int = 512, relu=False
-    ):
+    def __init__(self, input_dim: int, num_classes: int, droprate: float, linear_num: int, relu=False):
         super().__init__()
         layers = []
         if linear_num > 0:
@@ -163,19 +256,21 @@ class ReIDNet(nn.Module):
     """Backbone + global average pooling + ClassBlock: the classic identity-classification baseline
     (Zheng et al., "A Discriminatively Learned CNN Embedding for Person Re-identification", 2017)."""
 
-    def __init__(
-        self, backbone_net: nn.Module, backbone: str, num_classes: int, stride=2, droprate=0.5, linear_num=512
-    ):
+    def __init__(self, backbone_net: nn.Module, config: ModelConfig):
         super().__init__()
-        _, feat_dim, trunk, last_stride_1, _ = BACKBONES[backbone]
-        if stride == 1:
-            last_stride_1(backbone_net)
-        self.backbone = trunk(backbone_net)
+        row = BACKBONES[config.backbone]
+        if config.stride == 1:
+            row.last_stride_1(backbone_net)
+        self.backbone = row.trunk(backbone_net)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = ClassBlock(feat_dim, num_classes, droprate, linear_num)
+        self.classifier = ClassBlock(row.feature_dim, config.nclasses, config.droprate, config.linear_num)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the last convolutional stage (B, feature_dim, h, w)."""
+        return self.backbone(x)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> pooled backbone feature (B, feat_dim)."""
+        """(B, 3, H, W) -> pooled backbone feature (B, feature_dim)."""
         return self.pool(self.backbone(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,24 +286,31 @@ class PCB(nn.Module):
     Refined Part Pooling", ECCV 2018).
 
     ResNet-50 with last stride 1; the feature map is average-pooled into `parts` horizontal stripes,
-    each classified by its own ClassBlock with a 256-d bottleneck; the training loss is summed over
-    the parts. The embedding is the pooled part features (before the bottlenecks).
+    each classified by its own ClassBlock with a `part_dim` bottleneck; the training loss is summed
+    over the parts. The embedding is the pooled part features (before the bottlenecks).
     """
 
     parts = 6
+    part_dim = 256
 
-    def __init__(self, backbone_net: nn.Module, num_classes: int, droprate=0.5):
+    def __init__(self, backbone_net: nn.Module, config: ModelConfig):
         super().__init__()
-        _resnet_last_stride_1(backbone_net)
-        self.backbone = _resnet_trunk(backbone_net)
+        row = BACKBONES[config.backbone]
+        row.last_stride_1(backbone_net)
+        self.backbone = row.trunk(backbone_net)
         self.pool = nn.AdaptiveAvgPool2d((self.parts, 1))
-        self.dropout = nn.Dropout(p=0.5)
+        self.dropout = nn.Dropout(p=config.droprate)
         self.classifiers = nn.ModuleList(
-            ClassBlock(2048, num_classes, droprate, linear_num=256, relu=True) for _ in range(self.parts)
+            ClassBlock(row.feature_dim, config.nclasses, config.droprate, self.part_dim, relu=True)
+            for _ in range(self.parts)
         )
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the last convolutional stage (B, feature_dim, h, w)."""
+        return self.backbone(x)
+
     def part_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, parts, 2048)."""
+        """(B, 3, H, W) -> (B, parts, feature_dim)."""
         return self.pool(self.backbone(x)).flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -217,29 +319,29 @@ class PCB(nn.Module):
         return [block(parts[:, i]) for i, block in enumerate(self.classifiers)]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> part features (B, parts, 2048); test.py normalises each part."""
+        """(B, 3, H, W) -> part features (B, parts, feature_dim); features.py normalises each part."""
         return self.part_features(x)
 
 
-def build_model(opts: dict, pretrained: bool | None = None) -> nn.Module:
-    """Build the network described by `opts` (train.py's options, as saved in opts.yaml).
+def build_model(
+    config: ModelConfig, pretrained: bool = False, pretrained_path: str | None = None
+) -> nn.Module:
+    """The network described by `config`, its backbone with ImageNet weights when `pretrained`
+    (from `pretrained_path` when given, else torchvision's download)."""
+    net = load_imagenet_backbone(config.backbone, pretrained, pretrained_path if pretrained else None)
+    return PCB(net, config) if config.PCB else ReIDNet(net, config)
 
-    pretrained: load ImageNet weights (default: opts["pretrained"]); test.py passes False since it
-    loads a trained checkpoint over them.
-    """
-    pretrained = opts.get("pretrained", False) if pretrained is None else pretrained
-    backbone = "resnet50" if opts.get("PCB") else opts.get("backbone", "resnet50")
-    net = load_imagenet_backbone(backbone, pretrained, opts.get("pretrained_path") if pretrained else None)
-    if opts.get("PCB"):
-        return PCB(net, opts["nclasses"], opts.get("droprate", 0.5))
-    return ReIDNet(
-        net,
-        backbone,
-        opts["nclasses"],
-        stride=opts.get("stride", 2),
-        droprate=opts.get("droprate", 0.5),
-        linear_num=opts.get("linear_num", 512),
-    )
+
+# ----------------------------------------------------------------------------------------------------
+# Trained models: opts.yaml and the checkpoints of model/NAME.
+
+
+def model_config(opts: dict, where: str) -> ModelConfig:
+    """The ModelConfig of a run's opts.yaml (`where`): its `model` key, or, in an opts.yaml written
+    before that key existed, the same names among the top-level options."""
+    if "model" in opts:
+        return ModelConfig.from_dict(opts["model"], where)
+    return ModelConfig.from_options(opts, where)
 
 
 def checkpoint_path(run_dir: Path, which_epoch: str) -> Path:
@@ -254,35 +356,16 @@ def checkpoint_path(run_dir: Path, which_epoch: str) -> Path:
     return path
 
 
-def load_trained_model(run_dir: str | Path, which_epoch: str = "last") -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from `run_dir/opts.yaml` and load a checkpoint strictly (on the CPU)."""
+def load_trained_model(run_dir: str | Path, which_epoch: str = "last") -> tuple[nn.Module, ModelConfig]:
+    """Rebuild a trained model from `run_dir/opts.yaml` and load a checkpoint strictly (on the CPU).
+
+    Returns the model in eval mode and its configuration.
+    """
     opts_file = Path(run_dir) / "opts.yaml"
     if not opts_file.is_file():
         raise UserError(f"{opts_file}: missing; is --name right? train.py writes it")
-    opts = load_yaml(opts_file)
-    model = build_model(opts, pretrained=False)
+    config = model_config(load_yaml(opts_file), str(opts_file))
+    model = build_model(config)
     state = torch.load(checkpoint_path(run_dir, which_epoch), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    return model.eval(), opts
-
-
-@torch.no_grad()
-def extract_embedding(model: nn.Module, images: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
-    """The retrieval feature of a batch (B, 3, H, W): unit-norm rows (B, D), float32.
-
-    Sums the embeddings of each image and its horizontal flip, at every scale in `scales` (each
-    resized from `images`), then L2-normalises. PCB: each of the 6 part features is normalised and
-    scaled by 1/sqrt(6), so the concatenated (B, 6 * 2048) vector has unit norm.
-    """
-    total = 0
-    for scale in scales:
-        x = images
-        if scale != 1:
-            x = nn.functional.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False)
-        for view in (x, x.flip(dims=[3])):
-            total = total + model.embed(view.contiguous(memory_format=torch.channels_last)).float()
-    if total.dim() == 3:  # PCB: (B, parts, 2048)
-        parts = total.shape[1]
-        total = total / (total.norm(dim=2, keepdim=True).clamp_min(1e-12) * parts**0.5)
-        return total.flatten(1)
-    return total / total.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return model.eval(), config

@@ -21,7 +21,7 @@ names with again, the absolute data_dir and the counts; it also marks the folder
   filesystems; copies when both fail, or with `--copy`). Nothing ever writes into them.
 - A re-run rebuilds the whole tree in a temporary sibling folder and swaps it in, so the result is
   the same and nothing stale is left; an existing output folder is replaced only if it is one of ours.
-- File names are parsed by utils.parse_name: `--naming` is `market` (Market-1501, DukeMTMC-reID,
+- File names are parsed by data.parse_name: `--naming` is `market` (Market-1501, DukeMTMC-reID,
   CUHK03-NP), `msmt17`, or a regular expression with the named groups `pid` and `cam`.
 
 Example:
@@ -37,25 +37,12 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
-from utils import (
-    IMAGE_EXTENSIONS,
-    NAMINGS,
-    UserError,
-    is_image,
-    load_yaml,
-    match_name,
-    naming_pattern,
-    parse_name,
-    replace_folder,
-    run_main,
-    save_yaml,
-)
+from data import DATASET_FILE, IMAGE_EXTENSIONS, NAMINGS, list_images, match_name, naming_pattern, parse_name
+from utils import UserError, check_replaceable, replace_folder, run_main, save_yaml
 
 DEFAULT_DATA_DIRS = ("../Market", "../Market-1501-v15.09.15")
 DEFAULT_OUTPUT = "<data_dir>/pytorch"
-MARKER = "dataset.yaml"
+WRITER = "prepare.py"  # dataset.yaml starts with `prepared_by: prepare.py`: an output folder of ours
 # Market layout: output split <- raw folder. bounding_box_train becomes train, val and train_all.
 MARKET_FOLDERS = {"train_all": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 MULTI_QUERY_FOLDER = "gt_bbox"
@@ -120,13 +107,6 @@ def find_data_dir(data_dir: str) -> Path:
     raise UserError(
         f"data folder not found (looked for {looked}): pass --data_dir with the raw dataset folder"
     )
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, sorted by name; other files and hidden files are ignored."""
-    with os.scandir(folder) as entries:
-        names = [e.name for e in entries if is_image(e.name) and not e.name.startswith(".") and e.is_file()]
-    return [folder / name for name in sorted(names)]
 
 
 def read_market(data_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -202,22 +182,7 @@ def check_output_dir(output_dir: Path, data_dir: Path, raw_folders: list[Path]) 
             )
     if output_dir in data_dir.parents:
         raise UserError(f"--output_dir {output_dir} contains the data folder {data_dir}: {what_to_do}")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output_dir {output_dir} is a file, not a folder: {what_to_do}")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not is_ours(output_dir):
-        raise UserError(
-            f"--output_dir {output_dir} exists, is not empty and was not written by prepare.py (no "
-            f"{MARKER} marker): empty it or {what_to_do}"
-        )
-
-
-def is_ours(output_dir: Path) -> bool:
-    """Whether `output_dir` holds our marker file, so it may be replaced."""
-    try:
-        marker = load_yaml(output_dir / MARKER)
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(marker, dict) and marker.get("prepared_by") == "prepare.py"
+    check_replaceable(output_dir, DATASET_FILE, f"prepared_by: {WRITER}", WRITER, "--output_dir")
 
 
 def parse_sources(sources: dict[str, list[Path]], naming) -> tuple[dict[str, list[Image]], list[Path]]:
@@ -378,7 +343,7 @@ def main(argv=None) -> dict:
 
     counts = {split: split_counts(images) for split, images in splits.items()}
     marker = {
-        "prepared_by": "prepare.py",
+        "prepared_by": WRITER,
         "naming": pattern.pattern,
         "data_dir": str(data_dir),
         "layout": layout,
@@ -390,7 +355,7 @@ def main(argv=None) -> dict:
     def build(tmp: Path) -> None:
         kinds = write_tree(tmp, splits, args.copy)
         marker["files"] = {"hard_links": kinds["hard"], "symlinks": kinds["symlink"], "copies": kinds["copy"]}
-        save_yaml(tmp / MARKER, marker)
+        save_yaml(tmp / DATASET_FILE, marker)
 
     try:
         replace_folder(output_dir, build)

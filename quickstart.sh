@@ -10,7 +10,7 @@ PY=.venv/bin/python
 start=$SECONDS
 
 # 1. A raw dataset in Market-1501 layout (200 synthetic people, 6 cameras), then the ImageFolder tree.
-$PY synthetic.py --out data/synthetic --seed 0
+$PY tools/synthetic.py --out data/synthetic --seed 0
 $PY prepare.py --data_dir data/synthetic
 
 # 2. Train a small network from scratch at the images' own size (128x64). From scratch it needs a

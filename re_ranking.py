@@ -18,54 +18,51 @@ algorithm (the authors' reference code, re_ranking_feature.py) is:
 
 The reference builds several dense (N, N) matrices (2.1 GB each in float32 at Market-1501 size, N =
 23,100). Here only what the algorithm reads is kept: the k1 + 1 nearest neighbours of every point and
-each row's maximum, found panel by panel over the upper triangle of the (symmetric) distance matrix;
-V as a sparse matrix; and the Jaccard sums only for the probe-gallery pairs that share a non-zero
-column. The result is the same up to float rounding (the reference stores V in float16, this module
-in float64).
+each row's maximum, found by torch (`topk`) a chunk of rows of the distance matrix at a time, on the
+GPU when there is one; V as a sparse matrix; and the Jaccard sums only for the probe-gallery pairs
+that share a non-zero column. The result is the same up to float rounding (the reference stores V in
+float16, this module in float64).
 
 Ties between equal distances go to the smaller index (probes first, then gallery order); the
 reference's unstable argsort leaves them unspecified. Person_reID_baseline_pytorch's re_ranking.py
 takes cosine similarities and squares (2 - 2 cos) once more; this module follows the authors' code.
 """
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import scipy.sparse
+import torch
 
-from evaluation import sortable_bits
-
-# The (N, N) distances are computed BLOCK rows by PANEL_BLOCKS * BLOCK columns at a time (32 MB): big
-# matrix products keep BLAS efficient. Blocks of BLOCK x BLOCK are transposed; 1000, not a power of
-# two, keeps the transposes fast (rows 2^k bytes apart compete for the same cache sets).
-BLOCK = 1000
-PANEL_BLOCKS = 8
+# Rows of the distance matrix computed at once in the neighbour search: ROWS x N float32 (139 MB at
+# Market-1501 size, N = 23,100). Fewer rows make the per-column selection slower (shorter columns).
+ROWS = 1500
 # Probe-gallery pairs with a shared non-zero column handled at once in the Jaccard step (~40 B each).
 PAIRS = 1 << 22
 
 
 def re_ranking(
-    q_f: np.ndarray, g_f: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+    q_f: np.ndarray, g_f: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, device=None
 ) -> np.ndarray:
     """The k-reciprocal re-ranked distance (n_q, n_g), float32, smaller = more similar.
 
     q_f (n_q, d) and g_f (n_g, d): probe and gallery features. k1: size of the k-reciprocal
     neighbourhood; k2: neighbours averaged by the local query expansion (1 = none, at most k1 + 1);
-    lambda_value: weight of the original distance (0 = Jaccard distance only).
+    lambda_value: weight of the original distance (0 = Jaccard distance only). device: where torch
+    searches the neighbours (default: the GPU when there is one, else the CPU).
     """
     check_params(k1, k2, lambda_value)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = np.ascontiguousarray(np.concatenate([q_f, g_f]), dtype=np.float32)
     n_q, n = len(q_f), len(x)
     sq = np.einsum("ij,ij->i", x, x)
-    dist = np.empty((n_q, n - n_q), dtype=np.float32)  # holds d(probe, gallery) until the last step
-    rank, row_max = _nearest_neighbours(x, sq, min(k1 + 1, n), dist)
+    rank, row_max, dist = _nearest_neighbours(x, sq, min(k1 + 1, n), n_q, device)
     # Distances are divided by each point's largest; a point within rounding of every other one means
     # all the features are one vector (a collapsed model), and the re-ranked distance is 0 / 0.
     if (row_max <= 1e-6 * max(sq.max(), 1e-30)).any():
         raise ValueError(
             "all the features are the same vector, so there is nothing to re-rank (did training collapse?)"
         )
+    dist /= row_max[:n_q, None]
     v = _encode(x, sq, rank, row_max, k1)
     k2 = min(k2, n)  # as the reference's rank[i, :k2] with fewer than k2 points
     if k2 > 1:
@@ -83,92 +80,70 @@ def check_params(k1: int, k2: int, lambda_value: float) -> None:
         raise ValueError(f"need k1 >= 1, 1 <= k2 <= k1 + 1, 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
 
 
-def _nearest_neighbours(x, sq, kk: int, dist_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The kk nearest of every point and each row's maximum, over the upper triangle of the distances.
+@torch.inference_mode()
+def _nearest_neighbours(x, sq, kk: int, n_q: int, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kk nearest of every point, each row's maximum, and the probe-gallery distances.
 
-    Returns rank (N, kk) int32, nearest first, and row_max (N,). Also writes d(probe, gallery),
-    divided by the row maximum, into dist_out (n_q, n_g).
+    Returns rank (N, kk) int64, nearest first, ties to the smaller index; row_max (N,) float32; and
+    d(probe, gallery) (n_q, n_g) float32, not yet divided by the row maxima.
 
-    The distances are computed a panel at a time: BLOCK rows a.. against columns p >= a. A
-    panel gives its rows their candidates, and each of its (BLOCK, BLOCK) blocks right of the
-    diagonal, transposed, gives the rows of that block theirs; so the lower triangle is never
-    computed. Candidates are uint64 keys (distance bits << 32 | index), which order by distance, then
-    index. The main thread computes the panels (BLAS) while one worker thread, in order, selects the
-    candidates (numpy sorts without holding the GIL).
+    The distance matrix is symmetric, so only its upper part is computed: for each block of rows
+    a..a+B, the distances to the columns from a on. Each such chunk gives its rows their candidates
+    (the kk nearest among those columns) and, read down its columns, gives each later row b >= a+B
+    its candidates among the rows a..a+B; a row's running kk nearest are merged with every new set.
     """
-    n, n_q = len(x), len(dist_out)
-    rank = np.empty((n, kk), dtype=np.int32)
-    row_max = np.full(n, -np.inf, dtype=np.float32)
-    parts = {a: [] for a in range(0, n, BLOCK)}  # row block -> candidate keys [(rows, m), ...]
-
-    def take(d, a, p):
-        rows_a, p_stop = slice(a, a + len(d)), p + d.shape[1]
-        np.maximum(row_max[rows_a], d.max(axis=1), out=row_max[rows_a])
-        parts[a].append(_block_nearest(d, p, kk))
-        for b in range(max(p, a + BLOCK), p_stop, BLOCK):
-            block = np.ascontiguousarray(d[:, b - p : b - p + BLOCK].T)  # rows b.., columns a..
-            rows_b = slice(b, b + len(block))
-            np.maximum(row_max[rows_b], block.max(axis=1), out=row_max[rows_b])
-            parts[b].append(_block_nearest(block, a, kk))
-            if len(parts[b]) >= 16:  # bound the memory: keep the best kk so far
-                parts[b] = [_merge(parts[b], kk)]
-        # Probe rows x gallery columns go to the output.
-        probe_stop, gallery_start = min(rows_a.stop, n_q), max(p, n_q)
-        if probe_stop > a and p_stop > gallery_start:
-            dist_out[a:probe_stop, gallery_start - n_q : p_stop - n_q] = d[
-                : probe_stop - a, gallery_start - p :
-            ]
-        if p_stop == n:  # the last panel of rows a: their neighbours and maxima are final
-            keys = np.sort(_merge(parts.pop(a), kk), axis=1)
-            rank[rows_a] = keys & np.uint64(0xFFFFFFFF)
-            probes = slice(a, probe_stop)
-            with np.errstate(divide="ignore", invalid="ignore"):  # a zero maximum is refused later
-                dist_out[probes] /= row_max[probes, None]
-
+    n = len(x)
     # |x|^2 + |y|^2 - 2 x.y in one matrix product: [x, |x|^2, 1] . [-2 y, 1, |y|^2]
     one = np.ones((n, 1), dtype=np.float32)
-    left = np.hstack([x, sq[:, None], one])
-    right = np.hstack([-2 * x, one, sq[:, None]])
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = deque()
-        panel = PANEL_BLOCKS * BLOCK
-        for a in range(0, n, BLOCK):
-            for p in range(a, n, panel):
-                d = left[a : a + BLOCK] @ right[p : p + panel].T
-                pending.append(worker.submit(take, d, a, p))
-                if len(pending) > 2:  # at most 3 panels alive
-                    pending.popleft().result()
-        for future in pending:
-            future.result()
-    return rank, row_max
+    left = torch.from_numpy(np.hstack([x, sq[:, None], one])).to(device)
+    right = torch.from_numpy(np.hstack([-2 * x, one, sq[:, None]])).to(device)
+    best_dist = torch.full((n, kk), torch.inf, device=device)  # each row's kk nearest so far
+    best_index = torch.full((n, kk), n, device=device)  # n: no candidate yet (sorts last on ties)
+    row_max = torch.full((n,), -torch.inf, device=device)
+    dist = np.empty((n_q, n - n_q), dtype=np.float32)
+    for a in range(0, n, ROWS):
+        b = min(a + ROWS, n)
+        d = left[a:b] @ right[a:].T  # (b - a, n - a): rows a..b, columns a..n
+        row_max[a:b] = torch.maximum(row_max[a:b], d.max(dim=1).values)
+        best_dist[a:b], best_index[a:b] = _merge(best_dist[a:b], best_index[a:b], *_smallest(d, kk), kk, a)
+        if b < n:  # the columns right of the block: rows b..n, their distances to the rows a..b
+            below = d[:, b - a :].T
+            row_max[b:] = torch.maximum(row_max[b:], below.max(dim=1).values)
+            best_dist[b:], best_index[b:] = _merge(
+                best_dist[b:], best_index[b:], *_smallest(below, kk), kk, a
+            )
+        if a < n_q:  # probes come first, so all their gallery columns (n_q..n) are in the chunk
+            dist[a : min(b, n_q)] = d[: n_q - a, n_q - a :].cpu().numpy()
+    return best_index.cpu().numpy(), row_max.cpu().numpy(), dist
 
 
-def _block_nearest(d: np.ndarray, col0: int, kk: int) -> np.ndarray:
-    """Keys (rows, m) of the m = min(kk, cols) nearest in each row of the block d, whose first column
-    is col0. A key is (sortable distance bits << 32) | column index."""
-    n_rows, n_cols = d.shape
-    m = min(kk, n_cols)
-    if m < n_cols:
-        kth = np.partition(d, m - 1, axis=1)[:, m - 1]
-        flat = np.flatnonzero(d <= kth[:, None])
-    else:
-        flat = np.arange(d.size)
-    key = sortable_bits(d.ravel()[flat]).astype(np.uint64) << np.uint64(32)
-    key |= (flat % n_cols + col0).astype(np.uint64)
-    if len(flat) == n_rows * m:
-        return key.reshape(n_rows, m)
-    # Ties at the m-th value leave some rows with more than m entries: keep their m smallest keys.
-    rows = flat // n_cols
-    order = np.lexsort((key, rows))
-    count = np.bincount(rows, minlength=n_rows)
-    position = np.arange(len(flat)) - np.repeat(np.cumsum(count) - count, count)
-    return key[order][position < m].reshape(n_rows, m)
+def _smallest(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest entries of each row of d (rows, m) and their column indices, as a stable sort of
+    the row orders them (by value, ties by index); fewer when m < k."""
+    k = min(k, d.shape[1])
+    if k == d.shape[1]:
+        return _order(d, torch.arange(k, device=d.device).expand_as(d), k)
+    values, index = torch.topk(d, k + 1, dim=1, largest=False)
+    values, index = _order(values, index, k + 1)
+    # Where the (k+1)-th smallest equals the k-th, a tie crosses the cut and topk may have kept a
+    # larger index than a row's stable sort would: sort those rows whole.
+    crowded = (values[:, k] == values[:, k - 1]).nonzero().flatten()
+    if len(crowded):
+        whole = d[crowded].sort(dim=1, stable=True)
+        values[crowded], index[crowded] = whole.values[:, : k + 1], whole.indices[:, : k + 1]
+    return values[:, :k], index[:, :k]
 
 
-def _merge(parts: list, kk: int) -> np.ndarray:
-    """The kk smallest keys (unsorted) of the candidate parts of the same rows."""
-    keys = np.concatenate(parts, axis=1)
-    return np.partition(keys, kk - 1, axis=1)[:, :kk] if keys.shape[1] > kk else keys
+def _order(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k first of each row of (values, index) pairs ordered by value, ties by index."""
+    index, order = index.sort(dim=1)
+    values, order = values.gather(1, order).sort(dim=1, stable=True)
+    return values[:, :k], index.gather(1, order)[:, :k]
+
+
+def _merge(dist_a, index_a, dist_b, index_b, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest of two candidate sets of the same rows; index_b counts columns from `offset`."""
+    return _order(torch.cat([dist_a, dist_b], dim=1), torch.cat([index_a, index_b + offset], dim=1), k)
 
 
 def _reciprocal(rank: np.ndarray, k: int) -> scipy.sparse.csr_matrix:

@@ -3,6 +3,7 @@
 Rebuilds the model from `model/NAME/opts.yaml`, loads a checkpoint, and writes the features,
 person ids and cameras of `TEST_DIR/query` and `TEST_DIR/gallery` (and `multi-query` with --multi)
 to a .mat file that the evaluate scripts read (default `pytorch_result.mat` in the current folder).
+The features are those of features.py: image + flipped image, at each scale of --ms, L2-normalised.
 
     python test.py --name ft_ResNet50 --test_dir ../Market/pytorch --which_epoch last --bf16
 """
@@ -13,29 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torchvision import datasets
-from tqdm import tqdm
 
-from evaluation import add_result_file_arg, save_features
-from model import extract_embedding, load_trained_model
+from data import list_images, parse_name, read_naming
+from features import add_result_file_arg, add_trained_model_args, extract, save_features
+from model import load_trained_model
 from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
-    add_model_args,
-    autocast,
-    load_image,
-    load_yaml,
-    naming_pattern,
     num_workers,
-    parse_name,
     run_main,
     run_precision,
     select_device,
     setup_logging,
-    test_transform,
 )
+
+# Features file key prefix -> the prepared split it is extracted from.
+SPLITS = {"query": "query", "gallery": "gallery", "mquery": "multi-query"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--use_dense", action="store_true", help="check that it is DenseNet-121 (classic flag)"
     )
-    add_model_args(parser)
+    add_trained_model_args(parser)
     add_device_args(parser)
     args = parser.parse_args(argv)
     try:
@@ -64,64 +59,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def extract_split(model, folder: Path, naming, args, device, amp_dtype) -> dict:
-    """Features (N, D), person ids, cameras and paths of the images of one prepared split."""
+def split_images(folder: Path, naming) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """The images of one prepared split, sorted, with their person ids and cameras (from their names)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; run prepare.py, or check --test_dir")
+    paths = list_images(folder, recursive=True)
+    if not paths:
+        raise UserError(f"{folder}: no images in it; run prepare.py again")
     try:
-        data = datasets.ImageFolder(
-            str(folder), transform=test_transform(*args.input_size), loader=load_image
-        )
-    except FileNotFoundError:
-        raise UserError(f"{folder}: no images in it; run prepare.py again") from None
-    paths = [p for p, _ in data.samples]
-    try:
-        pids, cams = zip(*(parse_name(p, naming) for p in paths))
+        pids, cams = zip(*(parse_name(p.name, naming) for p in paths))
     except ValueError as err:
         raise UserError(f"{err}; prepare.py --naming must match the data") from None
-    loader = DataLoader(data, batch_size=args.batchsize, num_workers=num_workers(args, device))
-    features = []
-    for images, _ in tqdm(loader, desc=folder.name, disable=not args.progress, leave=False):
-        with autocast(device, amp_dtype):
-            features.append(extract_embedding(model, images.to(device), args.scales).cpu())
-    return {
-        "f": torch.cat(features).numpy(),
-        "label": np.array(pids, dtype=np.int64),
-        "cam": np.array(cams, dtype=np.int64),
-        "path": paths,
-    }
+    return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logger = setup_logging()
     run_dir = Path("model") / args.name
-    model, opts = load_trained_model(run_dir, args.which_epoch)
-    if (args.PCB and not opts.get("PCB")) or (args.use_dense and opts.get("backbone") != "densenet121"):
-        built = "PCB" if opts.get("PCB") else opts.get("backbone")
+    model, config = load_trained_model(run_dir, args.which_epoch)
+    if (args.PCB and not config.PCB) or (args.use_dense and config.backbone != "densenet121"):
+        built = "PCB" if config.PCB else config.backbone
         raise UserError(
             f"{run_dir} holds a {built} model; drop --PCB/--use_dense (opts.yaml defines the model)"
         )
-    args.input_size = (opts["height"], opts["width"])
     device = select_device(args.gpu_ids, logger)
     amp_dtype = run_precision(args, device, logger)
     model = model.to(device, memory_format=torch.channels_last)
 
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
-    dataset_file = test_dir / "dataset.yaml"  # written by prepare.py: how file names encode id and camera
-    naming = naming_pattern(load_yaml(dataset_file)["naming"] if dataset_file.is_file() else "market")
-    splits = {"query": "query", "gallery": "gallery"}
-    if args.multi:
-        splits["mquery"] = "multi-query"
-
+    naming = read_naming(test_dir)
+    splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
     start, feats = time.perf_counter(), {"model": f"{run_dir} epoch {args.which_epoch}"}
     n_images = 0
-    for key, folder in splits.items():
-        split = extract_split(model, test_dir / folder, naming, args, device, amp_dtype)
-        n_images += len(split["path"])
-        for field, value in split.items():
-            if not (key == "mquery" and field == "path"):  # demo.py shows query and gallery images
-                feats[f"{key}_{field}"] = value
+    for key in splits:
+        paths, pids, cams = split_images(test_dir / SPLITS[key], naming)
+        feats[f"{key}_f"] = extract(
+            model, paths, (config.height, config.width), device, amp_dtype, args.batchsize,
+            num_workers(args, device), args.scales, args.progress, desc=SPLITS[key],
+        )  # fmt: skip
+        feats[f"{key}_label"], feats[f"{key}_cam"] = pids, cams
+        if key != "mquery":  # demo.py shows query and gallery images
+            feats[f"{key}_path"] = [str(p) for p in paths]
+        n_images += len(paths)
     elapsed = time.perf_counter() - start
     save_features(args.result_file, feats)
     logger.info(

@@ -1,10 +1,10 @@
 """Train a re-ID network as an identity classifier.
 
 Reads an ImageFolder tree written by prepare.py (`train/` or `train_all/`, and `val/`) and writes
-`model/NAME/`: opts.yaml (every option + number of classes, input size, command line), checkpoints
-`net_009.pth, net_019.pth, ...` (every 10 epochs) and `net_last.pth` (state_dicts of the model),
-`checkpoint.pth` (the full state for --resume), `train.jpg` (loss and top-1 error curves) and
-`train.log`.
+`model/NAME/`: opts.yaml (every option, the number of classes, the command line, and the model
+configuration under `model`, which test.py rebuilds the network from), checkpoints `net_009.pth,
+net_019.pth, ...` (every 10 epochs) and `net_last.pth` (state_dicts of the model), `checkpoint.pth`
+(the full state for --resume), `train.jpg` (loss and top-1 error curves) and `train.log`.
 
     python train.py --name ft_ResNet50 --data_dir ../Market/pytorch --train_all --batchsize 32
     torchrun --nproc_per_node=2 train.py --name ddp --batchsize 32   # 32 images per process
@@ -26,19 +26,15 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from model import BACKBONES, build_model
-from random_erasing import RandomErasing
+from data import image_folder, test_transform, train_transform
+from model import ModelConfig, add_model_options, build_model
 from utils import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     HelpFormatter,
     UserError,
     add_device_args,
     autocast,
-    load_image,
     load_yaml,
     num_workers,
     run_main,
@@ -47,7 +43,6 @@ from utils import (
     select_device,
     set_seed,
     setup_logging,
-    test_transform,
     torch_save,
 )
 
@@ -69,20 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cosine", action="store_true", help="cosine lr decay instead of x0.1 at 2/3")
     parser.add_argument("--erasing_p", type=float, default=0, help="random erasing probability")
     parser.add_argument("--color_jitter", action="store_true", help="colour jitter augmentation")
-    parser.add_argument("--backbone", default="resnet50", choices=list(BACKBONES), help="network")
-    parser.add_argument(
-        "--use_dense",
-        dest="backbone",
-        action="store_const",
-        const="densenet121",
-        help="= --backbone densenet121",
-    )
-    parser.add_argument("--PCB", action="store_true", help="Part-based Convolutional Baseline (ResNet-50)")
-    parser.add_argument("--stride", type=int, default=2, choices=[1, 2], help="stride of the last stage")
-    parser.add_argument("--droprate", type=float, default=0.5, help="dropout before the classifier")
-    parser.add_argument("--linear_num", type=int, default=512, help="bottleneck size (<= 0: none)")
-    parser.add_argument("--height", type=int, default=None, help="input height (default 256; PCB 384)")
-    parser.add_argument("--width", type=int, default=None, help="input width (default 128; PCB 192)")
+    add_model_options(parser)
     parser.add_argument(
         "--pretrained",
         action=argparse.BooleanOptionalAction,
@@ -97,43 +79,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model/NAME")
     add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.PCB and args.backbone != "resnet50":
-        parser.error("--PCB is built on resnet50; drop --backbone/--use_dense")
-    if args.height is None:
-        args.height = 384 if args.PCB else 256
-    if args.width is None:
-        args.width = 192 if args.PCB else 128
+    try:  # the architecture options, checked and completed (the input size) by the model config
+        config = ModelConfig.from_options({**vars(args), "nclasses": 1})
+    except UserError as err:
+        parser.error(str(err))
+    args.height, args.width = config.height, config.width
     if args.pretrained_path:
         args.pretrained = True
     if not 0 <= args.erasing_p <= 1:
         parser.error("--erasing_p must be between 0 and 1")
     return args
-
-
-def train_transform(args) -> transforms.Compose:
-    """The classic baseline's augmentation: bicubic resize, pad 10, random crop, flip, [colour
-    jitter], ImageNet normalisation, then random erasing."""
-    steps = [
-        transforms.Resize((args.height, args.width), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.Pad(10),
-        transforms.RandomCrop((args.height, args.width)),
-        transforms.RandomHorizontalFlip(),
-    ]
-    if args.color_jitter:
-        steps.append(transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0))
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if args.erasing_p > 0:
-        steps.append(RandomErasing(p=args.erasing_p))
-    return transforms.Compose(steps)
-
-
-def image_folder(root: Path, transform) -> datasets.ImageFolder:
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder; run prepare.py first or pass --data_dir")
-    try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=load_image)
-    except FileNotFoundError as err:  # ImageFolder's message for an empty folder
-        raise UserError(f"{root}: no images in it ({err}); run prepare.py again") from None
 
 
 def lr_factor(step: int, steps_per_epoch: int, args) -> float:
@@ -310,7 +265,8 @@ def main(argv=None) -> None:
     set_seed(args.seed)
 
     data_dir = Path(args.data_dir)
-    train_data = image_folder(data_dir / ("train_all" if args.train_all else "train"), train_transform(args))
+    augment = train_transform(args.height, args.width, args.erasing_p, args.color_jitter)
+    train_data = image_folder(data_dir / ("train_all" if args.train_all else "train"), augment)
     val_data = image_folder(data_dir / "val", test_transform(args.height, args.width))
     world = dist.get_world_size() if distributed else 1
     if len(train_data) < args.batchsize * world:
@@ -343,7 +299,9 @@ def main(argv=None) -> None:
     )
     val_loader = DataLoader(val_data, batch_size=args.batchsize, num_workers=workers)
 
-    model = build_model(vars(args)).to(device, memory_format=torch.channels_last)
+    config = ModelConfig.from_options(vars(args))
+    model = build_model(config, args.pretrained, args.pretrained_path)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args)
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -365,7 +323,8 @@ def main(argv=None) -> None:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if is_main:
-        opts = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+        opts = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "model")}
+        opts["model"] = config.to_dict()
         opts["argv"] = sys.argv[1:] if argv is None else list(argv)
         save_yaml(run_dir / "opts.yaml", opts)
     precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp_dtype]

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluation import format_results, load_features
+from features import load_features
+from metrics import format_results
 
 
 def evaluate_query(dist, q_pid, q_cam, g_pid, g_cam):

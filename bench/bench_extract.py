@@ -1,7 +1,7 @@
 """Feature extraction throughput: test.py against the bare model, side by side in one run.
 
 The bare model does the same computation as test.py on random tensors already in memory: for each
-batch, model.embed of the images and of their horizontal flips (model.extract_embedding), in the
+batch, model.embed of the images and of their horizontal flips (features.embed_batch), in the
 same precision and memory format. test.py is a real run on the query and gallery images of the
 synthetic dataset (JPEG decoding, resizing, writing the features file). Both use an untrained
 network of the same architecture; the weights don't change the speed. One process per measurement.
@@ -19,19 +19,19 @@ from common import ROOT, report, side_by_side, side_by_side_parser
 def bare_child(args) -> None:
     import torch
 
-    from model import build_model, extract_embedding
+    from features import embed_batch
+    from model import ModelConfig, build_model
     from utils import autocast
 
-    model = (
-        build_model({"backbone": args.backbone, "nclasses": 100}).eval().to(memory_format=torch.channels_last)
-    )
+    config = ModelConfig(nclasses=100, backbone=args.backbone)
+    model = build_model(config).eval().to(memory_format=torch.channels_last)
     images = torch.randn(args.batchsize, 3, args.height, args.width)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     device = torch.device("cpu")
 
     def batch():
         with autocast(device, dtype):
-            extract_embedding(model, images)
+            embed_batch(model, images)
 
     batch()  # warm-up
     start = time.perf_counter()
@@ -44,13 +44,13 @@ def test_child(args) -> None:
     import torch
 
     import test as extract  # our test.py
-    from model import build_model
+    from model import ModelConfig, build_model
     from utils import save_yaml
 
-    opts = {"backbone": args.backbone, "nclasses": 100, "height": args.height, "width": args.width}
+    config = ModelConfig(nclasses=100, backbone=args.backbone, height=args.height, width=args.width)
     Path("model/bench").mkdir(parents=True, exist_ok=True)
-    save_yaml("model/bench/opts.yaml", opts)
-    torch.save(build_model(opts).state_dict(), "model/bench/net_last.pth")
+    save_yaml("model/bench/opts.yaml", {"model": config.to_dict()})
+    torch.save(build_model(config).state_dict(), "model/bench/net_last.pth")
     argv = ["--name", "bench", "--test_dir", args.data, "--gpu_ids", "-1", "--batchsize", str(args.batchsize),
             "--no-progress"]  # fmt: skip
     if args.precision == "bf16":

@@ -13,12 +13,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ROOT
 from PIL import Image
+
+from common import ROOT
 
 
 def pixel_features(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from utils import IMAGENET_MEAN, IMAGENET_STD, parse_name
+    from data import IMAGENET_MEAN, IMAGENET_STD, parse_name
 
     paths = sorted(folder.glob("*.jpg"))
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths])
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import synthetic
-    from evaluation import evaluate, feature_distance_chunks, format_results
+    from metrics import evaluate, feature_distance_chunks, format_results
 
     print(f"$ python bench/bench_pixel_baseline.py {' '.join(sys.argv[1:])}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, machine, shell_commands, work_folder  # common puts the repository on sys.path
-
-from evaluation import format_results
+from metrics import format_results
 from utils import UserError, run_main
 
 

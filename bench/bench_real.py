@@ -14,7 +14,7 @@ everything goes to a temporary folder (kept with --keep DIR), where prepare.py w
 2. training: train.py again from the start with --total_epoch = floor(budget / seconds per epoch),
    at least 1, so training takes about --budget_minutes on this machine and the cosine schedule spans
    exactly the epochs that fit;
-3. test: test.py extracts the query and gallery features, which evaluation.evaluate scores on the
+3. test: test.py extracts the query and gallery features, which metrics.evaluate scores on the
    feature distance and on the k-reciprocal re-ranked distance of each --rerank setting.
 
 It prints each model's metrics in the evaluate scripts' format with the wall times of training and
@@ -55,12 +55,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import ROOT, machine, work_folder  # common puts the repository on sys.path
-
 import prepare
 import test
 import train
-from evaluation import evaluate, feature_distance_chunks, format_results, load_features
+from common import ROOT, machine, work_folder  # common puts the repository on sys.path
+from features import load_features
+from metrics import evaluate, feature_distance_chunks, format_results, row_chunks
 from re_ranking import check_params, re_ranking
 from utils import HelpFormatter, run_main
 
@@ -172,7 +172,7 @@ def scores(result_file: Path, rerank: list[tuple[int, int, float]]) -> dict:
         start = time.perf_counter()
         dist = re_ranking(q_f, g_f, k1, k2, lambda_value)  # (n_q, n_g)
         results[f"k1={k1} k2={k2} lambda={lambda_value}"] = {
-            **info, **evaluate([dist], *labels), "eval_s": time.perf_counter() - start
+            **info, **evaluate(row_chunks(dist), *labels), "eval_s": time.perf_counter() - start
         }  # fmt: skip
     return results
 

@@ -21,11 +21,12 @@ def bare_child(args) -> None:
     import torch
 
     import train
+    from model import ModelConfig, build_model
     from utils import autocast
 
-    opts = {"backbone": args.backbone, "nclasses": 100, "pretrained": False, "lr": 0.05, "weight_decay": 5e-4}
-    model = train.build_model(opts).to(memory_format=torch.channels_last).train()
-    optimizer = train.make_optimizer(model, argparse.Namespace(**opts))
+    model = build_model(ModelConfig(nclasses=100, backbone=args.backbone))
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = train.make_optimizer(model, argparse.Namespace(pretrained=False, lr=0.05, weight_decay=5e-4))
     images = torch.randn(args.batchsize, 3, args.height, args.width).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 100, (args.batchsize,))
     dtype = torch.bfloat16 if args.precision == "bf16" else None

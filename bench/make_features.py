@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluation import save_features
+from features import save_features
 
 # query, gallery images; ids; cameras; junk (-1) and distractor (0) gallery images
 SIZES = {

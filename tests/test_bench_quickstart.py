@@ -17,7 +17,7 @@ import bench_quickstart
 from common import shell_commands
 
 SHORT = {
-    "synthetic.py": ["--num_ids", "12"],
+    "tools/synthetic.py": ["--num_ids", "12"],
     "train.py": ["--total_epoch", "1", "--height", "64", "--width", "32", "--batchsize", "8"],
     "test.py": ["--which_epoch", "last"],
 }
@@ -37,7 +37,7 @@ def test_runs_every_quickstart_step_and_reports(short_quickstart, tmp_path, caps
     steps = bench_quickstart.main(["--keep", str(tmp_path / "run")])
     out = capsys.readouterr().out
     scripts = [command.split()[0] for command, _ in steps]
-    assert scripts == ["synthetic.py", "prepare.py", "train.py", "test.py", "evaluate.py",
+    assert scripts == ["tools/synthetic.py", "prepare.py", "train.py", "test.py", "evaluate.py",
                        "evaluate_rerank.py", "demo.py"]  # fmt: skip
     assert all(seconds > 0 for _, seconds in steps)
     assert f"{sum(s for _, s in steps):7.1f} s  in all" in out

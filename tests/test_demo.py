@@ -12,10 +12,11 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 import demo
-from evaluation import save_features
-from model import BACKBONES, build_model, extract_embedding
-from utils import UserError, load_image, save_yaml
-from utils import test_transform as reid_transform
+from data import load_image
+from data import test_transform as reid_transform
+from features import embed_batch, save_features
+from model import BACKBONES, ModelConfig, build_model
+from utils import UserError, save_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--gpu_ids", "-1"]
@@ -85,7 +86,7 @@ def test_match_kinds_follow_the_market_protocol():
     g_pid = np.array([pid for pid, _, _ in GALLERY])
     g_cam = np.array([cam for _, cam, _ in GALLERY])
     assert demo.match_kinds(1, 1, g_pid, g_cam).tolist() == KINDS_OF_QUERY_0
-    # Query of id 0 (a real person in MSMT17): other-camera images of id 0 are matches, as in evaluation.py.
+    # Query of id 0 (a real person in MSMT17): other-camera images of id 0 are matches, as in metrics.py.
     assert demo.match_kinds(0, 1, g_pid, g_cam).tolist()[4] == "match"
 
 
@@ -193,10 +194,9 @@ def test_suggest_thresholds_hand_case():
 
 def make_model(name: str, **overrides) -> torch.nn.Module:
     """An untrained model folder model/NAME (in the current folder), as train.py would leave it."""
-    opts = {"backbone": "resnet18", "nclasses": 4, "height": 64, "width": 32, "stride": 2, "droprate": 0.5,
-            "linear_num": 512, "PCB": False, "pretrained": False, **overrides}  # fmt: skip
-    net = build_model(opts).eval()
-    save_yaml(f"model/{name}/opts.yaml", opts)
+    config = ModelConfig(**{"backbone": "resnet18", "nclasses": 4, "height": 64, "width": 32, **overrides})
+    net = build_model(config).eval()
+    save_yaml(f"model/{name}/opts.yaml", {"model": config.to_dict()})
     torch.save(net.state_dict(), f"model/{name}/net_last.pth")
     return net
 
@@ -209,7 +209,7 @@ def searchable(tmp_path, monkeypatch):
     net = make_model("tiny")
     paths = [write_image(tmp_path / "gallery" / f"{i + 1:04d}_c1s1_000001_00.png", i) for i in range(4)]
     transform = reid_transform(64, 32)
-    g_f = extract_embedding(net, torch.stack([transform(load_image(p)) for p in paths])).numpy()
+    g_f = embed_batch(net, torch.stack([transform(load_image(p)) for p in paths])).numpy()
     feats = {
         "query_f": g_f[:1],
         "query_label": np.array([1]),
@@ -278,12 +278,15 @@ def test_heatmap_overlay_puts_the_hot_end_where_the_activation_is():
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_activation_map_of_every_backbone(backbone):
-    net = build_model({"backbone": backbone, "nclasses": 4}, pretrained=False).eval()
+    net = build_model(ModelConfig(nclasses=4, backbone=backbone)).eval()
     activation = demo.activation_map(net, torch.randn(2, 3, 64, 32))
     assert activation.dim() == 3 and activation.shape[0] == 2 and activation.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name, overrides", [("tiny", {}), ("pcb", {"PCB": True, "height": 96, "width": 48})])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [("tiny", {}), ("pcb", {"PCB": True, "backbone": "resnet50", "height": 96, "width": 48})],
+)
 def test_heatmap_has_the_image_size(tmp_path, monkeypatch, capsys, name, overrides):
     monkeypatch.chdir(tmp_path)
     make_model(name, **overrides)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import test as extract  # our test.py (the scripts' folder comes first on sys.path)
-from evaluation import load_features
+from features import load_features
 from utils import UserError, save_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

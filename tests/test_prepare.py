@@ -12,7 +12,8 @@ from PIL import Image
 
 import prepare
 import utils
-from utils import NAMINGS, load_yaml, parse_name, run_main
+from data import NAMINGS, parse_name
+from utils import load_yaml, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 CUHK01 = REPO.parent / "shared" / "data" / "cuhk01"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import shell_commands
 
 SHORT = {
-    "synthetic.py": ["--num_ids", "16"],
+    "tools/synthetic.py": ["--num_ids", "16"],
     "train.py": [
         "--total_epoch",
         "1",
@@ -59,7 +59,7 @@ def run(argv: list[str]) -> None:
     extra = SHORT.get(script, [])
     if script == "demo.py" and "--query_index" in args:
         extra = ["--query_index", "1"]  # the tiny data has fewer than 778 queries
-    module = importlib.import_module(script.removesuffix(".py"))
+    module = importlib.import_module(Path(script).stem)
     module.main(args + extra)
 
 
@@ -154,7 +154,7 @@ def test_every_readme_command_runs(sandbox):
 
 def test_quickstart_commands_run(sandbox):
     cmds = quickstart_commands()
-    assert [c[0] for c in cmds] == ["synthetic.py", "prepare.py", "train.py", "test.py", "evaluate.py",
+    assert [c[0] for c in cmds] == ["tools/synthetic.py", "prepare.py", "train.py", "test.py", "evaluate.py",
                                     "evaluate_rerank.py", "demo.py"]  # fmt: skip
     for argv in cmds:
         run(argv)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate_rerank
 import re_ranking
-from evaluation import evaluate, save_features
+from features import save_features
+from metrics import evaluate, row_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,45 +61,46 @@ def unit_features(rng, n, dim):
 
 
 @pytest.mark.parametrize(
-    ("n_q", "n_g", "k1", "k2", "lambda_value", "block"),
+    ("n_q", "n_g", "k1", "k2", "lambda_value", "rows"),
     [
-        (20, 70, 20, 6, 0.3, 1000),  # the paper's parameters, one block
-        (20, 70, 20, 6, 0.3, 7),  # 13 x 13 blocks, panels of 3: transposed blocks, candidate parts
-        (15, 60, 5, 3, 0.5, 4),  # odd k1: round(5 / 2) = 2 (half to even); 19 blocks: merged parts
+        (20, 70, 20, 6, 0.3, 1500),  # the paper's parameters, all rows in one chunk
+        (20, 70, 20, 6, 0.3, 7),  # chunks of 7 rows (fewer than k1), one across the probe-gallery boundary
+        (15, 60, 5, 3, 0.5, 1),  # odd k1: round(5 / 2) = 2 (half to even); one row at a time
         (10, 40, 7, 1, 0.0, 9),  # k2 = 1: no query expansion; Jaccard distance only
         (25, 50, 20, 21, 1.0, 16),  # k2 = k1 + 1; original distance only
         (4, 9, 20, 6, 0.3, 5),  # fewer points than k1 + 1
-        (2, 3, 20, 6, 0.3, 5),  # fewer points than k2
+        (2, 3, 20, 6, 0.3, 1),  # fewer points than k2
     ],
 )
-def test_equals_the_dense_algorithm(monkeypatch, n_q, n_g, k1, k2, lambda_value, block):
-    monkeypatch.setattr(re_ranking, "BLOCK", block)
-    monkeypatch.setattr(re_ranking, "PANEL_BLOCKS", 3)
-    rng = np.random.default_rng(n_q + n_g + block)
+def test_equals_the_dense_algorithm(monkeypatch, n_q, n_g, k1, k2, lambda_value, rows):
+    monkeypatch.setattr(re_ranking, "ROWS", rows)
+    rng = np.random.default_rng(n_q + n_g + rows)
     q_f, g_f = unit_features(rng, n_q, 16), unit_features(rng, n_g, 16)
     dist = re_ranking.re_ranking(q_f, g_f, k1, k2, lambda_value)
     assert dist.shape == (n_q, n_g) and dist.dtype == np.float32
     np.testing.assert_allclose(dist, dense_re_ranking(q_f, g_f, k1, k2, lambda_value), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("block", [1000, 6, 5])
-def test_ties_go_to_the_smaller_index(monkeypatch, block):
+@pytest.mark.parametrize("rows", [1500, 6, 5])
+def test_ties_go_to_the_smaller_index(monkeypatch, rows):
     # Small integer features: every distance is exact in float32, with many exact ties, which both
     # versions break by index (the dense one through its stable argsort).
-    monkeypatch.setattr(re_ranking, "BLOCK", block)
-    monkeypatch.setattr(re_ranking, "PANEL_BLOCKS", 2)
-    rng = np.random.default_rng(block)
+    monkeypatch.setattr(re_ranking, "ROWS", rows)
+    rng = np.random.default_rng(rows)
     q_f = rng.integers(-2, 3, (12, 5)).astype(np.float32)
     g_f = rng.integers(-2, 3, (45, 5)).astype(np.float32)
     expected = dense_re_ranking(q_f, g_f, 6, 3, 0.3)
     np.testing.assert_allclose(re_ranking.re_ranking(q_f, g_f, 6, 3, 0.3), expected, rtol=0, atol=1e-5)
 
 
-def test_block_nearest_keeps_the_smallest_columns_among_ties():
-    d = np.array([[3, 1, 2, 1, 1, 0], [5, 5, 5, 5, 5, 5]], dtype=np.float32)
-    keys = re_ranking._block_nearest(d, 100, 3)
-    columns = np.sort(keys, axis=1) & np.uint64(0xFFFFFFFF)
-    np.testing.assert_array_equal(columns, [[105, 101, 103], [100, 101, 102]])
+def test_smallest_orders_ties_by_index():
+    d = torch.tensor([[3, 1, 2, 1, 1, 0], [5, 5, 5, 5, 5, 5], [2, 0, 2, 1, 2, 2], [-0.0, 1, 0.0, -0.0, 1, 1]])
+    # Row 0: the tie at the 3rd place (three 1s) keeps the smaller indices; row 2: the order among the
+    # selected ties; row 3: -0.0 and 0.0 are equal.
+    expected = [[5, 1, 3], [0, 1, 2], [1, 3, 0], [0, 2, 3]]
+    values, index = re_ranking._smallest(d, 3)
+    assert index.tolist() == expected
+    assert values.tolist() == d.gather(1, torch.tensor(expected)).tolist()
 
 
 def test_bad_parameters():
@@ -130,7 +133,7 @@ def test_evaluate_rerank_reports_the_metric_of_the_re_ranked_distance(tmp_path, 
     assert results["distance"] == "k-reciprocal re-ranking (k1=5, k2=2, lambda=0.4)"
     dist = dense_re_ranking(feats["query_f"], feats["gallery_f"], 5, 2, 0.4)
     labels = feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"]
-    expected = evaluate([dist], *labels)
+    expected = evaluate(row_chunks(dist), *labels)
     for name in ("rank1", "rank5", "mAP", "mAP_market1501", "mINP", "n_skipped"):
         assert results[name] == pytest.approx(expected[name]), name
     assert f"mAP(non-interpolated):{expected['mAP']:.4f}" in out

@@ -1,4 +1,4 @@
-"""Tests of synthetic.py: Market-1501 layout and naming, determinism, safe output folder, options."""
+"""Tests of tools/synthetic.py: Market-1501 layout and naming, determinism, safe output folder, options."""
 
 import os
 import re
@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import synthetic
-from utils import UserError, parse_name
+from data import parse_name
+from utils import UserError, is_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"num_ids": 12, "num_cams": 3, "images_per_cam": 2, "multi_query": 1, "junk": 5, "distractors": 4}
@@ -130,7 +131,7 @@ def test_writes_into_an_empty_folder_with_usual_permissions(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
     synthetic.generate(out, **SMALL)
-    assert synthetic.is_synthetic(out)
+    assert is_marked(out, synthetic.MARKER, synthetic.MARKER_HEADER)
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask, "not the private mode of a temporary folder"
@@ -168,10 +169,10 @@ def test_command_line_with_every_option(tmp_path):
     options = "--num_ids 9 --num_cams 4 --images_per_cam 1 --multi_query 0 --junk 3 --distractors 2 --seed 7"
     argv = ["--out", str(out), *options.split()]
     result = subprocess.run(
-        [sys.executable, "synthetic.py", *argv], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "tools/synthetic.py", *argv], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert len(result.stdout.splitlines()) == 1 and "4 train + 5 test ids, 4 cameras" in result.stdout
-    assert synthetic.is_synthetic(out)
+    assert is_marked(out, synthetic.MARKER, synthetic.MARKER_HEADER)
     cams = {parse_name(n)[1] for folder in synthetic.FOLDERS for n in names(out, folder)}
     assert cams == {1, 2, 3, 4}
     assert names(out, "query") == names(out, "gt_bbox"), "--multi_query 0: gt_bbox holds the queries only"

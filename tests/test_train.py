@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import train
-from model import BACKBONES, load_trained_model
+from model import BACKBONES, ModelConfig, build_model, load_trained_model
 from random_erasing import RandomErasing
 from utils import UserError
 
@@ -33,17 +33,18 @@ def workdir(tmp_path, monkeypatch):
 def test_one_epoch_each_backbone(tiny_prepared, workdir, backbone):
     run_dir = run_train(tiny_prepared, backbone, "--backbone", backbone, "--total_epoch", "1")
     assert (run_dir / "net_last.pth").is_file()
-    _, opts = load_trained_model(run_dir)  # strict load through build_model
-    assert opts["backbone"] == backbone and opts["nclasses"] == 4
-    assert opts["argv"][:2] == ["--name", backbone]
+    _, config = load_trained_model(run_dir)  # strict load through build_model
+    assert config.backbone == backbone and config.nclasses == 4
+    opts = train.load_yaml(run_dir / "opts.yaml")
+    assert opts["argv"][:2] == ["--name", backbone] and opts["model"] == config.to_dict()
 
 
 def test_pcb_epoch_and_round_trip(tiny_prepared, workdir):
     run_dir = run_train(
         tiny_prepared, "pcb", "--PCB", "--total_epoch", "1", "--height", "96", "--width", "48"
     )
-    model, opts = load_trained_model(run_dir)
-    assert opts["PCB"] and type(model).__name__ == "PCB"
+    model, config = load_trained_model(run_dir)
+    assert config.PCB and type(model).__name__ == "PCB"
 
 
 def test_pcb_default_input_size():
@@ -63,8 +64,10 @@ def test_outputs_checkpoints_and_curves(tiny_prepared, workdir):
         assert img.size[0] > 300 and img.size[1] > 100
     log = (run_dir / "train.log").read_text()
     assert log.count("train loss") == 10
-    model, opts = load_trained_model(run_dir, "9")
-    assert opts["linear_num"] == 64 and opts["stride"] == 1 and opts["train_all"]
+    model, config = load_trained_model(run_dir, "9")
+    assert (
+        config.linear_num == 64 and config.stride == 1 and train.load_yaml(run_dir / "opts.yaml")["train_all"]
+    )
     assert model.classifier.embedding_dim == 64
     # net_009 and net_last are the same weights after 10 epochs
     a = torch.load(run_dir / "net_009.pth", weights_only=True)
@@ -88,7 +91,7 @@ def test_lr_schedule_warm_up_and_decay():
 
 def test_optimizer_pretrained_backbone_at_tenth_of_lr():
     args = train.parse_args(["--lr", "0.2", "--backbone", "resnet18"])
-    net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
+    net = build_model(ModelConfig.from_options({**vars(args), "nclasses": 3}))
     groups = train.make_optimizer(net, args).param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.2])
     scratch = train.parse_args(["--lr", "0.2", "--backbone", "resnet18", "--no-pretrained"])
@@ -244,7 +247,7 @@ def test_workers_progress_and_weight_decay(tiny_prepared, workdir, capfd):
                         "--weight_decay", "0.01")  # fmt: skip
     assert "0/0" in capfd.readouterr().err  # tqdm's bar for epoch 0 of 0..0
     args = train.parse_args(["--weight_decay", "0.01"])
-    net = train.build_model({**vars(args), "nclasses": 3, "pretrained": False})
+    net = build_model(ModelConfig.from_options({**vars(args), "nclasses": 3}))
     assert all(g["weight_decay"] == 0.01 for g in train.make_optimizer(net, args).param_groups)
     assert train.load_yaml(run_dir / "opts.yaml")["num_workers"] == 1
 

@@ -18,10 +18,11 @@ background, lighting, colour cast, scale and blur, and every image gets its own 
 facing, occlusion and noise. Every image has its own numpy Generator derived from (seed, what, who),
 so the same seed gives byte-identical files.
 
-    python synthetic.py --out data/synthetic --seed 0
+    python tools/synthetic.py --out data/synthetic --seed 0
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils import UserError, replace_folder, run_main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the toolkit's libraries
+from utils import UserError, check_replaceable, replace_folder, run_main
 
 HEIGHT, WIDTH = 128, 64  # Market-1501 image size
 FOLDERS = ("bounding_box_train", "bounding_box_test", "query", "gt_bbox")
@@ -390,22 +392,6 @@ def check_options(
             raise UserError(f"{name} must be 0 or more, got {value}")
 
 
-def check_target(out: Path) -> None:
-    """Refuse to write into an existing non-empty folder unless it is an earlier synthetic output."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_synthetic(out):
-        raise UserError(f"{out} is not empty and has no {MARKER}; choose an empty or new folder for --out")
-
-
-def is_synthetic(folder: Path) -> bool:
-    marker = folder / MARKER
-    if not marker.is_file():
-        return False
-    with open(marker) as f:
-        return f.readline().rstrip("\n") == MARKER_HEADER
-
-
 def write_images(out: Path, options: dict) -> dict:
     """Render the whole dataset into `out` (already created) and return the image counts."""
     seed, num_ids, num_cams = options["seed"], options["num_ids"], options["num_cams"]
@@ -495,7 +481,7 @@ def generate(
     """
     check_options(num_ids, num_cams, images_per_cam, multi_query, junk, distractors)
     out = Path(out_dir)
-    check_target(out)
+    check_replaceable(out, MARKER, MARKER_HEADER, "synthetic.py", "--out")
     options = {
         "seed": seed,
         "num_ids": num_ids,

@@ -1,10 +1,10 @@
-"""utils.parse_name: one parser for every dataset naming, and clear errors for bad namings."""
+"""data.py: one parser for every dataset naming (clear errors for bad namings), listing images."""
 
 import re
 
 import pytest
 
-from utils import NAMINGS, match_name, naming_pattern, parse_name
+from data import NAMINGS, match_name, naming_pattern, parse_name
 
 VERI = r"^(?P<pid>\d+)_c(?P<cam>\d+)_"
 CUSTOM = r"^p(?P<pid>\d+)_cam(?P<cam>\d+)_"
