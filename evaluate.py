@@ -12,9 +12,10 @@ from metrics import evaluate_file, evaluation_parser, feature_distance_chunks
 from utils import run_main
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
+    """Evaluate; return the results, one dict per query set (see metrics.evaluate_file)."""
     args = evaluation_parser(__doc__).parse_args(argv)
-    evaluate_file(args, feature_distance_chunks, "-q.g (numpy)")
+    return evaluate_file(args, feature_distance_chunks, "-q.g (numpy)")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ def torch_distance_chunks(q_f, g_f, device: torch.device):
         yield torch.neg(q[start : start + rows] @ g.T).cpu().numpy()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
+    """Evaluate; return the results, one dict per query set (see metrics.evaluate_file)."""
     parser = evaluation_parser(__doc__)
     add_device_args(parser, model=False)
     args = parser.parse_args(argv)
     device = select_device(args.gpu_ids, setup_logging())
-    evaluate_file(args, lambda q_f, g_f: torch_distance_chunks(q_f, g_f, device), f"-q.g (torch, {device})")
+    return evaluate_file(
+        args, lambda q_f, g_f: torch_distance_chunks(q_f, g_f, device), f"-q.g (torch, {device})"
+    )
 
 
 if __name__ == "__main__":

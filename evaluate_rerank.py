@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
+    """Evaluate; return the results, one dict per query set (see metrics.evaluate_file)."""
     args = parse_args(argv)
 
     def re_ranked(q_f, g_f):
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
             raise UserError(f"{args.result_file}: {error}") from None
 
     distance = f"k-reciprocal re-ranking (k1={args.k1}, k2={args.k2}, lambda={args.lambda_value})"
-    evaluate_file(args, re_ranked, distance)
+    return evaluate_file(args, re_ranked, distance)
 
 
 if __name__ == "__main__":

@@ -268,41 +268,55 @@ def evaluation_parser(doc: str) -> argparse.ArgumentParser:
     group = parser.add_argument_group("evaluation")
     add_result_file_arg(group)
     group.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    group.add_argument(
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
         "--multi",
         action="store_true",
-        help="multi-query: each query is the mean of the multi-query features of its id and camera "
-        "(needs test.py --multi)",
+        help="only the multi-query result: each query is the mean of the multi-query features of its id "
+        "and camera (needs test.py --multi). Without --multi or --single, a file with multi-query "
+        "features gets both results, single-query first",
     )
+    which.add_argument("--single", action="store_true", help="only the single-query result")
     return parser
 
 
-def load_evaluation_set(args) -> tuple[dict, np.ndarray, dict]:
-    """Load `--result_file` and pick the query features for `--multi`.
+def query_sets(feats: dict, args) -> list[tuple[dict, np.ndarray]]:
+    """The query features to evaluate, each with what the output says of it: (info, q_f (n_q, d)).
 
-    Returns (feats, q_f, info): `info` describes the run for the output (file, protocol, sizes).
+    Single-query (the query features), then multi-query (see features.multi_query_features) when
+    the file has multi-query features; `--single` or `--multi` keeps only one.
+    """
+    sets = []
+    if not args.multi:
+        sets.append(({"protocol": "single-query"}, feats["query_f"]))
+    if args.multi or ("mquery_f" in feats and not args.single):
+        q_f, n_alone = multi_query_features(feats)
+        info = {
+            "protocol": "multi-query",
+            "n_mquery": len(feats["mquery_f"]),
+            "n_query_without_mquery": n_alone,
+        }
+        sets.append((info, q_f))
+    return sets
+
+
+def evaluate_file(args, distance_chunks: Callable, distance: str) -> list[dict]:
+    """An evaluate script's work: load `--result_file`, and for each of its query sets (query_sets)
+    rank the gallery with `distance_chunks(q_f, g_f)` (an iterable of distance chunks, see
+    `evaluate`) and print the result block; write `--json`. `distance` names the distance in the
+    output. Returns the results, one dict per query set.
     """
     feats = load_features(args.result_file)
-    info = {"result_file": str(args.result_file), "model": feats.get("model", "")}
-    if args.multi:
-        q_f, n_alone = multi_query_features(feats)
-        info.update(protocol="multi-query", n_mquery=len(feats["mquery_f"]), n_query_without_mquery=n_alone)
-    else:
-        q_f = feats["query_f"]
-        info["protocol"] = "single-query"
-    return feats, q_f, info
-
-
-def evaluate_file(args, distance_chunks: Callable, distance: str) -> dict:
-    """An evaluate script's work: load `--result_file`, rank its gallery for each query with
-    `distance_chunks(q_f, g_f)` (an iterable of distance chunks, see `evaluate`), then print the
-    result block and write `--json`. `distance` names the distance in the output. Returns the results.
-    """
-    feats, q_f, info = load_evaluation_set(args)
     labels = feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"]
-    results = {**info, "distance": distance, **evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels)}
-    report(results, args.json)
-    return results
+    about = {"result_file": str(args.result_file), "model": feats.get("model", ""), "distance": distance}
+    runs = []
+    for info, q_f in query_sets(feats, args):
+        runs.append({**about, **info, **evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels)})
+        print(format_results(runs[-1]))
+    if args.json:
+        # One query set: its results; both: the single-query results, the multi-query ones inside.
+        write_json(args.json, runs[0] if len(runs) == 1 else {**runs[0], "multi_query": runs[1]})
+    return runs
 
 
 def format_results(results: dict) -> str:
@@ -325,14 +339,12 @@ def format_results(results: dict) -> str:
     )
 
 
-def report(results: dict, json_path: str | None) -> None:
-    """Print the result block and, with --json, write `results` (numbers, counts, file) as JSON."""
-    print(format_results(results))
-    if json_path:
+def write_json(path: str, results: dict) -> None:
+    """Write `results` (numbers, counts, file) as JSON, atomically."""
 
-        def write(tmp):
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
 
-        atomic_write(json_path, write)
+    atomic_write(path, write)

@@ -19,9 +19,9 @@ from utils import run_main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_multi_flag_ranks_with_the_multi_query_mean(tmp_path, capsys):
-    # One query (id 1, camera 1) whose own feature is nearest a wrong image, but whose multi-query
-    # images point to its true match.
+def multi_query_file(path):
+    """One query (id 1, camera 1) whose own feature is nearest a wrong image, but whose multi-query
+    images point to its true match."""
     e = np.eye(3, dtype=np.float32)
     feats = {
         "query_f": e[[0]],
@@ -34,17 +34,43 @@ def test_multi_flag_ranks_with_the_multi_query_mean(tmp_path, capsys):
         "mquery_label": np.array([1, 1, 1]),
         "mquery_cam": np.array([1, 1, 2]),
     }
-    save_features(tmp_path / "f.mat", feats)
-    evaluate.main(["--result_file", str(tmp_path / "f.mat"), "--json", str(tmp_path / "single.json")])
-    evaluate.main(
-        ["--result_file", str(tmp_path / "f.mat"), "--multi", "--json", str(tmp_path / "multi.json")]
-    )
+    save_features(path, feats)
+    return str(path)
+
+
+MULTI_HEADER = "multi-query (3 multi-query images; 0 queries without any keep their own feature)"
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_gpu, evaluate_rerank])
+def test_a_file_with_multi_query_features_gets_both_results(script, tmp_path, capsys):
+    # The classic sequence `python test.py --multi; python evaluate_gpu.py` prints both, single first.
+    path = multi_query_file(tmp_path / "f.mat")
+    extra = {evaluate_gpu: ["--gpu_ids", "-1"], evaluate_rerank: ["--k1", "1", "--k2", "1"]}.get(script, [])
+    runs = script.main(["--result_file", path, "--json", str(tmp_path / "both.json"), *extra])
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith(path)] == [f"{path}: 1 queries x 2 gallery, single-query",
+                                                               f"{path}: 1 queries x 2 gallery, {MULTI_HEADER}"]  # fmt: skip
+    assert [r["protocol"] for r in runs] == ["single-query", "multi-query"]
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert (both["protocol"], both["multi_query"]["protocol"]) == ("single-query", "multi-query")
+    if script is not evaluate_rerank:
+        assert (both["rank1"], both["mAP"]) == (0, 0.5)
+        assert (both["multi_query"]["rank1"], both["multi_query"]["mAP"]) == (1, 1)
+
+
+def test_single_or_multi_alone(tmp_path, capsys):
+    path = multi_query_file(tmp_path / "f.mat")
+    evaluate.main(["--result_file", path, "--single", "--json", str(tmp_path / "single.json")])
+    evaluate.main(["--result_file", path, "--multi", "--json", str(tmp_path / "multi.json")])
     out = capsys.readouterr().out
-    assert "multi-query (3 multi-query images; 0 queries without any keep their own feature)" in out
+    assert out.count("single-query") == 1 and out.count(MULTI_HEADER) == 1
     single = json.loads((tmp_path / "single.json").read_text())
     multi = json.loads((tmp_path / "multi.json").read_text())
     assert (single["protocol"], single["rank1"], single["mAP"]) == ("single-query", 0, 0.5)
     assert (multi["protocol"], multi["rank1"], multi["mAP"]) == ("multi-query", 1, 1)
+    assert "multi_query" not in single and "multi_query" not in multi
+    with pytest.raises(SystemExit):
+        evaluate.main(["--result_file", path, "--single", "--multi"])
 
 
 def test_multi_without_multi_query_features_is_an_error(tmp_path, capsys):
