@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from data import list_images, load_image
-from features import add_result_file_arg, add_trained_model_args, load_features
+from features import add_result_file_arg, add_trained_model_args, check_same_model, load_features
 from metrics import euclidean, feature_distance_chunks, protocol_masks
 from utils import (
     HelpFormatter,
@@ -402,7 +402,14 @@ def model_outputs(args, logger, paths: list[Path], compute=None) -> np.ndarray:
 
 def search_images(args, logger) -> None:
     """--query_image: rank the gallery of the features file for each image, with the trained model."""
+    from model import checkpoint_path
+
     feats = load_features(args.result_file)
+    run_dir = Path("model") / args.name
+    checkpoint = checkpoint_path(run_dir, args.which_epoch)
+    warning = check_same_model(feats, checkpoint, f"{run_dir} epoch {args.which_epoch}", args.result_file)
+    if warning:
+        logger.warning(warning)
     paths = image_paths(args.query_image)
     q_f = model_outputs(args, logger, paths)
     g_f = feats["gallery_f"]

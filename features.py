@@ -15,8 +15,12 @@ contents the same way. It is a MATLAB .mat file with the classic keys:
     mquery_f (n_m, d), mquery_label (n_m,), mquery_cam (n_m,)                  multi-query (test.py --multi)
     query_path, gallery_path: lists of image paths                            optional (for demo.py)
     model: a string naming the model and epoch                                optional
+    model_dir, model_epoch, checkpoint_sha256, extraction: strings           optional (provenance)
 
 Feature rows are L2-normalised. Labels: -1 = junk image, 0 = distractor (Market-1501 naming).
+The provenance keys say which model wrote the features (`provenance`): its folder, the epoch asked
+for, the SHA-256 of the checkpoint file, and how the images were turned into features; the evaluate
+scripts print them, and demo.py refuses to mix in the features of another model.
 
 This module imports torch only inside the extraction functions, so the evaluate scripts start fast.
 """
@@ -28,7 +32,7 @@ import numpy as np
 import scipy.io
 
 from data import ImageFiles, test_transform
-from utils import UserError, atomic_write, autocast
+from utils import UserError, atomic_write, autocast, file_sha256
 
 # ----------------------------------------------------------------------------------------------------
 # Extraction.
@@ -101,8 +105,44 @@ def extract(
 
 SETS = ("query", "gallery", "mquery")  # the multi-query set is optional
 PATH_KEYS = ("query_path", "gallery_path")
-KNOWN_KEYS = {f"{s}_{field}" for s in SETS for field in ("f", "label", "cam")} | set(PATH_KEYS) | {"model"}
+PROVENANCE_KEYS = ("model", "model_dir", "model_epoch", "checkpoint_sha256", "extraction")
+KNOWN_KEYS = (
+    {f"{s}_{field}" for s in SETS for field in ("f", "label", "cam")} | set(PATH_KEYS) | set(PROVENANCE_KEYS)
+)
 REDO = "run test.py to write it again"
+
+
+def provenance(run_dir: Path, which_epoch: str, checkpoint: Path, extraction: str) -> dict:
+    """The provenance keys of a features file written by the model `run_dir` at `which_epoch`, whose
+    weights are the file `checkpoint`; `extraction` says how its features were computed."""
+    return {
+        "model": f"{run_dir} epoch {which_epoch}",
+        "model_dir": str(Path(run_dir).resolve()),
+        "model_epoch": str(which_epoch),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "extraction": extraction,
+    }
+
+
+def describe_provenance(feats: dict) -> str:
+    """One line on which model wrote `feats` (a features file's contents), for the scripts' output."""
+    if "checkpoint_sha256" not in feats:
+        return f"written by {feats.get('model') or 'an unknown model'} (no checkpoint hash in the file)"
+    return f"written by {feats['model']} (checkpoint sha256 {feats['checkpoint_sha256'][:12]}), {feats['extraction']}"
+
+
+def check_same_model(feats: dict, checkpoint: Path, model: str, where: str) -> str:
+    """Refuse to compare features of two models: raise UserError when `feats` (the contents of the
+    features file `where`) records a checkpoint other than the file `checkpoint`, the weights of
+    `model` ("model/NAME epoch E"). Returns a warning for a file that records no checkpoint, else ""."""
+    if "checkpoint_sha256" not in feats:
+        return f"warning: {where} does not say which model wrote it; its features may not be comparable with {model}'s"
+    if feats["checkpoint_sha256"] != file_sha256(checkpoint):
+        raise UserError(
+            f"{where} was written by {feats['model']}, not by {model} (another checkpoint): pass the --name "
+            "and --which_epoch that wrote it, or run test.py with this model"
+        )
+    return ""
 
 
 def add_trained_model_args(parser) -> None:
@@ -196,8 +236,9 @@ def _check_features(feats: dict, where: str, fix: str) -> dict:
             n = len(out[f"{key.split('_')[0]}_f"])
             if len(out[key]) != n:
                 raise UserError(f"{where}: {key} has {len(out[key])} paths but there are {n} features; {fix}")
-    if "model" in feats:
-        out["model"] = _text(feats["model"])
+    for key in PROVENANCE_KEYS:
+        if key in feats:
+            out[key] = _text(feats[key])
     return out
 
 

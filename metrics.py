@@ -45,7 +45,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from features import add_result_file_arg, load_features, multi_query_features
+from features import (
+    PROVENANCE_KEYS,
+    add_result_file_arg,
+    describe_provenance,
+    load_features,
+    multi_query_features,
+)
 from utils import atomic_write
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,11 +310,14 @@ def evaluate_file(args, distance_chunks: Callable, distance: str) -> list[dict]:
     """An evaluate script's work: load `--result_file`, and for each of its query sets (query_sets)
     rank the gallery with `distance_chunks(q_f, g_f)` (an iterable of distance chunks, see
     `evaluate`) and print the result block; write `--json`. `distance` names the distance in the
-    output. Returns the results, one dict per query set.
+    output, after a first line on the model that wrote the file. Returns the results, one dict per
+    query set.
     """
     feats = load_features(args.result_file)
     labels = feats["query_label"], feats["query_cam"], feats["gallery_label"], feats["gallery_cam"]
-    about = {"result_file": str(args.result_file), "model": feats.get("model", ""), "distance": distance}
+    about = {"result_file": str(args.result_file), "distance": distance, "model": ""}
+    about.update({key: feats[key] for key in PROVENANCE_KEYS if key in feats})
+    print(f"{args.result_file}: {describe_provenance(feats)}")
     runs = []
     for info, q_f in query_sets(feats, args):
         runs.append({**about, **info, **evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels)})

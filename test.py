@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from data import list_images, parse_name, read_naming
-from features import add_result_file_arg, add_trained_model_args, extract, save_features
-from model import load_trained_model
+from features import add_result_file_arg, add_trained_model_args, extract, provenance, save_features
+from model import checkpoint_path, load_trained_model
 from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
     num_workers,
+    precision_name,
     run_main,
     run_precision,
     select_device,
@@ -90,7 +91,12 @@ def main(argv=None) -> None:
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
     naming = read_naming(test_dir)
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
-    start, feats = time.perf_counter(), {"model": f"{run_dir} epoch {args.which_epoch}"}
+    extraction = (
+        f"image + flip, scales {','.join(f'{s:g}' for s in args.scales)}, {config.height}x{config.width}, "
+        f"{precision_name(amp_dtype)}"
+    )
+    start = time.perf_counter()
+    feats = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
     n_images = 0
     for key in splits:
         paths, pids, cams = split_images(test_dir / SPLITS[key], naming)

@@ -37,6 +37,7 @@ from utils import (
     autocast,
     load_yaml,
     num_workers,
+    precision_name,
     run_main,
     run_precision,
     save_yaml,
@@ -327,10 +328,9 @@ def main(argv=None) -> None:
         opts["model"] = config.to_dict()
         opts["argv"] = sys.argv[1:] if argv is None else list(argv)
         save_yaml(run_dir / "opts.yaml", opts)
-    precision = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[amp_dtype]
     logger.info(
         f"{len(train_data)} training images, {args.nclasses} identities, {len(val_data)} val images; "
-        f"{'PCB' if args.PCB else args.backbone} {args.height}x{args.width}, {precision} on {device}"
+        f"{'PCB' if args.PCB else args.backbone} {args.height}x{args.width}, {precision_name(amp_dtype)} on {device}"
         f"{f' x {world} processes' if distributed else ''}"
     )
 

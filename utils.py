@@ -6,6 +6,7 @@ evaluate scripts start fast; the helpers that need torch import it inside the fu
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -158,6 +159,11 @@ def cpu_has_bfloat16() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+def precision_name(dtype) -> str:
+    """ "float32" for None (no autocast), else the autocast dtype's name, e.g. "bfloat16"."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def autocast(device, dtype):
     """The mixed-precision context: torch.autocast for `dtype`, or a null context for float32."""
     import torch
@@ -185,6 +191,15 @@ def atomic_write(path: str | Path, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_yaml(path: str | Path, data: dict) -> None:

@@ -141,7 +141,9 @@ def test_classic_sequence(classic, capsys):
         elif index == 11:
             assert load_features(results)["mquery_f"].shape == (4 * N_TEST_IDS, 512)
         elif index == 12:  # after test.py --multi: the single-query result, then the multi-query one
-            headers = [line for line in out.splitlines() if line.startswith("pytorch_result.mat:")]
+            headers = [
+                line for line in out.splitlines() if line.startswith("pytorch_result.mat: 780 queries")
+            ]
             assert [h.split(", ")[1].split(" (")[0] for h in headers] == ["single-query", "multi-query"]
             assert [r["protocol"] for r in returned] == ["single-query", "multi-query"]
         elif index == 13:

@@ -14,7 +14,7 @@ from PIL import Image
 import demo
 from data import load_image
 from data import test_transform as reid_transform
-from features import embed_batch, save_features
+from features import embed_batch, provenance, save_features
 from model import BACKBONES, ModelConfig, build_model
 from utils import UserError, save_yaml
 
@@ -218,6 +218,7 @@ def searchable(tmp_path, monkeypatch):
         "gallery_label": np.arange(1, 5),
         "gallery_cam": np.ones(4, dtype=int),
         "gallery_path": paths,
+        **provenance(Path("model/tiny"), "last", Path("model/tiny/net_last.pth"), "image + flip, scales 1"),
     }
     save_features("near.mat", feats)
     q = g_f[2]
@@ -258,11 +259,19 @@ def test_query_image_folder_writes_one_png_per_image(searchable, tmp_path, capsy
     assert "best distance 0.000" in printed and "threshold" not in printed
 
 
-def test_query_image_needs_features_of_the_same_model(searchable, hand_features):
+def test_query_image_needs_features_of_the_same_model(searchable, hand_features, capsys):
+    # A file that does not say which model wrote it: a warning; features of another size: refused.
     with pytest.raises(UserError, match=r"makes 512-d features but the gallery .* has 8-d ones"):
         demo.main(
             ["--query_image", searchable[0], "--name", "tiny", *CPU, "--result_file", str(hand_features)]
         )
+    assert f"warning: {hand_features} does not say which model wrote it" in capsys.readouterr().out
+    # Another model of the same architecture (other weights): refused before extracting anything.
+    make_model("other")
+    with pytest.raises(
+        UserError, match=r"near.mat was written by model/tiny epoch last, not by model/other epoch last"
+    ):
+        demo.main(["--query_image", searchable[0], "--name", "other", *CPU, "--result_file", "near.mat"])
 
 
 def test_heatmap_overlay_puts_the_hot_end_where_the_activation_is():

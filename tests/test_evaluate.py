@@ -48,8 +48,11 @@ def test_a_file_with_multi_query_features_gets_both_results(script, tmp_path, ca
     extra = {evaluate_gpu: ["--gpu_ids", "-1"], evaluate_rerank: ["--k1", "1", "--k2", "1"]}.get(script, [])
     runs = script.main(["--result_file", path, "--json", str(tmp_path / "both.json"), *extra])
     out = capsys.readouterr().out.splitlines()
-    assert [line for line in out if line.startswith(path)] == [f"{path}: 1 queries x 2 gallery, single-query",
-                                                               f"{path}: 1 queries x 2 gallery, {MULTI_HEADER}"]  # fmt: skip
+    assert [line for line in out if line.startswith(path)] == [
+        f"{path}: written by an unknown model (no checkpoint hash in the file)",
+        f"{path}: 1 queries x 2 gallery, single-query",
+        f"{path}: 1 queries x 2 gallery, {MULTI_HEADER}",
+    ]
     assert [r["protocol"] for r in runs] == ["single-query", "multi-query"]
     both = json.loads((tmp_path / "both.json").read_text())
     assert (both["protocol"], both["multi_query"]["protocol"]) == ("single-query", "multi-query")
@@ -99,7 +102,7 @@ def test_evaluate_and_evaluate_gpu_print_the_same(random_file, capsys):
     # The default --gpu_ids 0 falls back to the CPU with a warning when there is no CUDA.
     evaluate_gpu.main(["--result_file", str(random_file)])
     assert capsys.readouterr().out.endswith(numpy_out)
-    assert numpy_out.splitlines()[1].startswith("Rank@1:")
+    assert numpy_out.splitlines()[2].startswith("Rank@1:")
 
 
 def test_json_holds_the_printed_numbers(random_file, tmp_path, capsys):
@@ -119,11 +122,26 @@ def test_json_holds_the_printed_numbers(random_file, tmp_path, capsys):
     assert f"skipped (no true match in the gallery):{results['n_skipped']}" in out
 
 
+def test_the_output_names_the_model_that_wrote_the_file(tmp_path, capsys):
+    feats = random_features()
+    feats.update(
+        model_epoch="59", checkpoint_sha256="0123456789abcdef" * 4, extraction="image + flip, scales 1"
+    )
+    save_features(tmp_path / "f.mat", feats)
+    results = evaluate.main(["--result_file", str(tmp_path / "f.mat")])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"{tmp_path / 'f.mat'}: written by model/ft_ResNet50 epoch last (checkpoint sha256 0123456789ab), "
+        "image + flip, scales 1"
+    )
+    assert results[0]["checkpoint_sha256"] == "0123456789abcdef" * 4 and results[0]["model_epoch"] == "59"
+
+
 def test_default_result_file_is_in_the_current_folder(random_file, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pytorch_result.mat").write_bytes(random_file.read_bytes())
     evaluate.main([])
-    assert capsys.readouterr().out.startswith("pytorch_result.mat: 50 queries x 400 gallery")
+    assert capsys.readouterr().out.splitlines()[1].startswith("pytorch_result.mat: 50 queries x 400 gallery")
 
 
 @pytest.mark.parametrize("script", [evaluate, evaluate_gpu, evaluate_rerank])

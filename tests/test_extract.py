@@ -9,7 +9,7 @@ import pytest
 
 import test as extract  # our test.py (the scripts' folder comes first on sys.path)
 from features import load_features
-from utils import UserError, save_yaml
+from utils import UserError, file_sha256, save_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,11 @@ def test_features_file(tiny_prepared, in_trained):
     assert sorted(set(feats["gallery_cam"].tolist())) == [2, 3]
     assert all(Path(p).name.startswith(f"{pid:04d}_c{cam}") for p, pid, cam in
                zip(feats["gallery_path"], feats["gallery_label"], feats["gallery_cam"]))  # fmt: skip
-    assert "model/tiny" in feats["model"]
+    # Provenance: the model folder, epoch and checkpoint, and how the features were made.
+    assert feats["model"] == "model/tiny epoch last" and feats["model_epoch"] == "last"
+    assert Path(feats["model_dir"]) == (in_trained / "model/tiny").resolve()
+    assert feats["checkpoint_sha256"] == file_sha256(in_trained / "model/tiny/net_last.pth")
+    assert feats["extraction"] == "image + flip, scales 1, 64x32, float32"
     assert "mquery_f" not in feats
 
 
