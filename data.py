@@ -125,6 +125,8 @@ def load_image(path: str | Path):
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except Image.DecompressionBombError as err:  # more pixels than Pillow's safety limit
+        raise UserError(f"{path}: too large to read safely ({err}); crop or shrink the image") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read the image ({err}); replace or remove the file") from None
 

@@ -22,13 +22,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--k2", type=int, default=6, help="neighbours averaged by the local query expansion (1: none)"
     )
     group.add_argument(
-        "--lambda_value", type=float, default=0.3, help="weight of the original distance (0: Jaccard only)"
+        "--lambda_value",
+        type=float,
+        default=0.3,
+        help="weight of the original distance, above 0 (it orders the images the Jaccard distance ties)",
     )
     args = parser.parse_args(argv)
     try:
         check_params(args.k1, args.k2, args.lambda_value)
     except ValueError as error:
         parser.error(f"--k1 {args.k1} --k2 {args.k2} --lambda_value {args.lambda_value}: {error}")
+    if args.lambda_value == 0:
+        parser.error(
+            "--lambda_value 0 ranks by the Jaccard distance alone, which ties most of the gallery (every "
+            "image sharing no neighbour with the query is at 1), so the result would depend on the file "
+            "order: give a positive lambda (the paper's 0.3; 0.01 is almost Jaccard only)"
+        )
     return args
 
 

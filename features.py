@@ -283,6 +283,35 @@ def load_features(path: str | Path) -> dict:
     return _check_features({k: v for k, v in mat.items() if not k.startswith("__")}, str(path), REDO)
 
 
+def degenerate_rows(feats: dict, where: str) -> list[str]:
+    """Check for features a broken model writes: a UserError when every query or gallery feature is
+    zero or all are one same vector (nothing to rank); a warning (returned) when some rows are zero
+    or one vector makes up a tenth of them or more (those images tie with each other)."""
+    warnings = []
+    for s, name in (("query", "query"), ("gallery", "gallery"), ("mquery", "multi-query")):
+        if f"{s}_f" not in feats:
+            continue
+        f = feats[f"{s}_f"]
+        zero = int(np.sum(~f.any(axis=1)))
+        _, counts = np.unique(
+            np.ascontiguousarray(f).view(np.dtype((np.void, f.shape[1] * 4))), return_counts=True
+        )
+        if zero == len(f) or (len(counts) == 1 and len(f) > 1):
+            what = "zero" if zero == len(f) else "the same vector"
+            raise UserError(
+                f"{where}: every {name} feature is {what}, so there is nothing to rank (did training collapse?)"
+            )
+        if zero:
+            warnings.append(
+                f"warning: {where}: {zero} of {len(f)} {name} features are zero (no feature): they tie"
+            )
+        elif counts.max() >= max(2, len(f) / 10):
+            warnings.append(
+                f"warning: {where}: {counts.max()} of {len(f)} {name} features are one same vector: they tie"
+            )
+    return warnings
+
+
 def multi_query_features(feats: dict) -> tuple[np.ndarray, int]:
     """Multi-query features (n_q, d): for each query, the mean of the multi-query features of the same
     person id and camera, L2-normalised (the classic evaluate_gpu.py's multi-query result).

@@ -48,6 +48,7 @@ import numpy as np
 from features import (
     PROVENANCE_KEYS,
     add_result_file_arg,
+    degenerate_rows,
     describe_provenance,
     load_features,
     multi_query_features,
@@ -187,7 +188,11 @@ def _chunk_metrics(dist, q_pid, q_cam, g_pid, g_cam, start: int, ranks) -> dict:
     if np.isnan(dist).any():
         raise ValueError(f"the distances of the queries {start}..{start + len(dist) - 1} contain NaN")
     good, junk = protocol_masks(q_pid, q_cam, g_pid, g_cam)
-    return query_metrics(*ranks(dist, good, junk), len(dist))
+    per_query = query_metrics(*ranks(dist, good, junk), len(dist))
+    # A wrong match at exactly the distance of the first true match: the gallery order decides.
+    first = np.where(good, dist, np.inf).min(axis=1)
+    per_query["tied"] = (~good & ~junk & (dist == first[:, None])).any(axis=1)
+    return per_query
 
 
 def evaluate(
@@ -207,7 +212,9 @@ def evaluate(
     fast: rank with match_ranks_fast (the default) or the readable match_ranks; the results are equal.
 
     Returns a dict of floats: `rank1`, `rank5`, `rank10`, `cmc` (Rank@1..Rank@max_rank), `mAP_market1501`,
-    `mAP` (non-interpolated), `mINP`, and the counts `n_query`, `n_gallery`, `n_evaluated`, `n_skipped`.
+    `mAP` (non-interpolated), `mINP`, and the counts `n_query`, `n_gallery`, `n_evaluated`, `n_skipped`
+    and `n_tied` (evaluated queries whose first true match ties with a wrong match: ranked by gallery
+    order, their Rank@k and AP depend on the file's order).
 
     The chunks are ranked in two worker threads (numpy releases the GIL in its array loops and sorts),
     so ranking overlaps with computing the next chunk; at most four chunks are alive at once.
@@ -259,6 +266,7 @@ def evaluate(
         "n_gallery": n_g,
         "n_evaluated": n_valid,
         "n_skipped": n_q - n_valid,
+        "n_tied": int(per_query["tied"][valid].sum()),
     }
 
 
@@ -318,9 +326,17 @@ def evaluate_file(args, distance_chunks: Callable, distance: str) -> list[dict]:
     about = {"result_file": str(args.result_file), "distance": distance, "model": ""}
     about.update({key: feats[key] for key in PROVENANCE_KEYS if key in feats})
     print(f"{args.result_file}: {describe_provenance(feats)}")
+    for warning in degenerate_rows(feats, args.result_file):
+        print(warning)
     runs = []
     for info, q_f in query_sets(feats, args):
         runs.append({**about, **info, **evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels)})
+        if runs[-1]["n_tied"]:
+            print(
+                f"warning: {runs[-1]['n_tied']} of {runs[-1]['n_evaluated']} queries have a wrong match at "
+                "exactly the distance of their first true match; equal distances rank in gallery order, "
+                "so their Rank@k and AP depend on the file's order"
+            )
         print(format_results(runs[-1]))
     if args.json:
         # One query set: its results; both: the single-query results, the multi-query ones inside.

@@ -25,9 +25,10 @@ from typing import NamedTuple
 
 import torch
 import torchvision
+import yaml
 from torch import nn
 
-from utils import UserError, load_yaml
+from utils import UserError, fraction, load_yaml, positive_int
 
 # ----------------------------------------------------------------------------------------------------
 # The backbone table.
@@ -196,13 +197,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--stride", type=int, default=default["stride"], choices=[1, 2], help="stride of the last stage"
     )
     group.add_argument(
-        "--droprate", type=float, default=default["droprate"], help="dropout before the classifier"
+        "--droprate",
+        type=fraction,
+        default=default["droprate"],
+        help="dropout before the classifier (0 to <1)",
     )
     group.add_argument(
         "--linear_num", type=int, default=default["linear_num"], help="bottleneck size (<= 0: none)"
     )
-    group.add_argument("--height", type=int, default=None, help="input height (default 256; PCB 384)")
-    group.add_argument("--width", type=int, default=None, help="input width (default 128; PCB 192)")
+    group.add_argument(
+        "--height", type=positive_int, default=None, help="input height (default 256; PCB 384)"
+    )
+    group.add_argument("--width", type=positive_int, default=None, help="input width (default 128; PCB 192)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,15 +350,39 @@ def model_config(opts: dict, where: str) -> ModelConfig:
     return ModelConfig.from_options(opts, where)
 
 
+def load_opts(path: Path) -> dict:
+    """A run's opts.yaml; a file that is not a YAML mapping is a UserError naming it."""
+    try:
+        opts = load_yaml(path)
+    except yaml.YAMLError as err:
+        raise UserError(
+            f"{path}: not valid YAML ({' '.join(str(err).split())}); undo the edit or train again"
+        ) from None
+    if not isinstance(opts, dict):
+        raise UserError(f"{path}: not a mapping of options; undo the edit or train again")
+    return opts
+
+
+def load_torch_file(path: Path, weights_only: bool = True):
+    """torch.load on the CPU (load_state_dict then moves each tensor to its parameter's device); a
+    truncated or foreign file is a UserError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: cannot read it ({reason}); the file is damaged") from None
+
+
 def checkpoint_path(run_dir: Path, which_epoch: str) -> Path:
     """`--which_epoch 59` -> net_059.pth, `last` -> net_last.pth; a missing one lists those present."""
+    present = sorted(p.stem.removeprefix("net_") for p in Path(run_dir).glob("net_*.pth"))
+    choices = f"--which_epoch can be one of: {', '.join(present) or 'none (train first)'}"
+    if which_epoch != "last" and not which_epoch.isdigit():
+        raise UserError(f"--which_epoch {which_epoch!r} is not an epoch number or last; {choices}")
     name = "net_last.pth" if which_epoch == "last" else f"net_{int(which_epoch):03d}.pth"
     path = Path(run_dir) / name
     if not path.is_file():
-        present = sorted(p.stem.removeprefix("net_") for p in Path(run_dir).glob("net_*.pth"))
-        raise UserError(
-            f"{path}: no such checkpoint; --which_epoch can be one of: {', '.join(present) or 'none (train first)'}"
-        )
+        raise UserError(f"{path}: no such checkpoint; {choices}")
     return path
 
 
@@ -364,8 +394,14 @@ def load_trained_model(run_dir: str | Path, which_epoch: str = "last") -> tuple[
     opts_file = Path(run_dir) / "opts.yaml"
     if not opts_file.is_file():
         raise UserError(f"{opts_file}: missing; is --name right? train.py writes it")
-    config = model_config(load_yaml(opts_file), str(opts_file))
+    config = model_config(load_opts(opts_file), str(opts_file))
     model = build_model(config)
-    state = torch.load(checkpoint_path(run_dir, which_epoch), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    checkpoint = checkpoint_path(run_dir, which_epoch)
+    try:
+        model.load_state_dict(load_torch_file(checkpoint))
+    except RuntimeError as err:  # names and sizes that don't fit
+        detail = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"{checkpoint} does not fit the model of {opts_file} ({detail}); was opts.yaml edited?"
+        ) from None
     return model.eval(), config

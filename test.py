@@ -9,6 +9,7 @@ The features are those of features.py: image + flipped image, at each scale of -
 """
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
+    check_writable,
     num_workers,
+    positive_int,
     precision_name,
     run_main,
     run_precision,
@@ -37,10 +40,13 @@ SPLITS = {"query": "query", "gallery": "gallery", "mquery": "multi-query"}
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--test_dir", default="../Market/pytorch", help="prepared dataset (prepare.py)")
-    parser.add_argument("--batchsize", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--batchsize", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--multi", action="store_true", help="also extract multi-query features")
     parser.add_argument(
-        "--ms", default="1", help="comma-separated image scales whose features are summed, e.g. 1,0.9"
+        "--ms",
+        default="1",
+        help="comma-separated image scales whose features are summed, e.g. 1,0.9; as in the classic, a "
+        "scale is an area: each side is resized by its square root",
     )
     add_result_file_arg(parser)
     # The architecture comes from opts.yaml; these classic flags are only checked against it.
@@ -52,11 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_device_args(parser)
     args = parser.parse_args(argv)
     try:
-        args.scales = [float(s) for s in args.ms.split(",")]
+        areas = [float(s) for s in args.ms.split(",")]
     except ValueError:
         parser.error(f"--ms {args.ms!r}: give comma-separated numbers, e.g. 1,1.1")
-    if any(s <= 0 for s in args.scales):
+    if not all(a > 0 for a in areas):
         parser.error(f"--ms {args.ms!r}: scales must be positive")
+    args.scales = [math.sqrt(a) for a in areas]  # the side scale of each area scale
     return args
 
 
@@ -92,11 +99,11 @@ def main(argv=None) -> None:
     naming = read_naming(test_dir)
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
     extraction = (
-        f"image + flip, scales {','.join(f'{s:g}' for s in args.scales)}, {config.height}x{config.width}, "
-        f"{precision_name(amp_dtype)}"
+        f"image + flip, area scales {args.ms}, {config.height}x{config.width}, {precision_name(amp_dtype)}"
     )
     start = time.perf_counter()
     feats = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
+    check_writable(args.result_file)  # now, not after the extraction
     n_images = 0
     for key in splits:
         paths, pids, cams = split_images(test_dir / SPLITS[key], naming)

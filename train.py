@@ -11,6 +11,8 @@ net_019.pth, ...` (every 10 epochs) and `net_last.pth` (state_dicts of the model
 """
 
 import argparse
+import contextlib
+import fcntl
 import math
 import os
 import random
@@ -29,15 +31,19 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from data import image_folder, test_transform, train_transform
-from model import ModelConfig, add_model_options, build_model
+from model import ModelConfig, add_model_options, build_model, load_opts, load_torch_file
 from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
     autocast,
-    load_yaml,
+    non_negative_float,
+    non_negative_int,
     num_workers,
+    positive_float,
+    positive_int,
     precision_name,
+    probability,
     run_main,
     run_precision,
     save_yaml,
@@ -50,20 +56,27 @@ from utils import (
 CHECKPOINT_EVERY = 10
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--name", default="ft_ResNet50", help="output folder model/NAME")
     parser.add_argument("--data_dir", default="../Market/pytorch", help="prepared dataset (prepare.py)")
     parser.add_argument("--train_all", action="store_true", help="train on train_all/ (train + val)")
-    parser.add_argument("--batchsize", type=int, default=32, help="images per step (per process)")
+    parser.add_argument("--batchsize", type=positive_int, default=32, help="images per step (per process)")
     parser.add_argument(
-        "--lr", type=float, default=0.05, help="learning rate (a pretrained backbone: 0.1 x lr)"
+        "--lr", type=positive_float, default=0.05, help="learning rate (a pretrained backbone: 0.1 x lr)"
     )
-    parser.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    parser.add_argument("--total_epoch", type=int, default=60, help="epochs")
-    parser.add_argument("--warm_epoch", type=int, default=0, help="epochs of linear lr warm-up from 0.1x")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=5e-4, help="SGD weight decay")
+    parser.add_argument(
+        "--total_epoch",
+        type=positive_int,
+        default=60,
+        help="epochs; with --resume, a larger number extends the run (its lr schedule is stretched to it)",
+    )
+    parser.add_argument(
+        "--warm_epoch", type=non_negative_int, default=0, help="epochs of linear lr warm-up from 0.1x"
+    )
     parser.add_argument("--cosine", action="store_true", help="cosine lr decay instead of x0.1 at 2/3")
-    parser.add_argument("--erasing_p", type=float, default=0, help="random erasing probability")
+    parser.add_argument("--erasing_p", type=probability, default=0, help="random erasing probability")
     parser.add_argument("--color_jitter", action="store_true", help="colour jitter augmentation")
     add_model_options(parser)
     parser.add_argument(
@@ -76,9 +89,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--pretrained_path", default=None, help="ImageNet weights from a local state_dict file"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--resume", action="store_true", help="continue model/NAME from its last checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model/NAME")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue model/NAME from its last checkpoint, with its saved options (only --total_epoch, "
+        "the device, workers and progress bars may be given anew)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in model/NAME; the old one is deleted only once the new one has written "
+        "its first checkpoint, and put back if it fails before",
+    )
     add_device_args(parser)
+    return parser
+
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:  # the architecture options, checked and completed (the input size) by the model config
         config = ModelConfig.from_options({**vars(args), "nclasses": 1})
@@ -87,8 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.height, args.width = config.height, config.width
     if args.pretrained_path:
         args.pretrained = True
-    if not 0 <= args.erasing_p <= 1:
-        parser.error("--erasing_p must be between 0 and 1")
     return args
 
 
@@ -212,46 +238,157 @@ def random_states() -> dict:
 
 
 def set_random_states(states: dict) -> None:
+    """Restore random_states(). torch wants its states as CPU byte tensors, wherever they were loaded."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
 
 
-def prepare_run_dir(args, run_dir: Path, is_main: bool) -> argparse.Namespace:
-    """Refuse to mix two runs in one folder; on --resume return the saved options of the run."""
-    opts_file = run_dir / "opts.yaml"
-    if args.resume:
-        if not (run_dir / "checkpoint.pth").is_file() or not opts_file.is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no checkpoint.pth); start it without --resume")
-        saved = load_yaml(opts_file)
-        # The saved options define the run; only the device, the progress bar and workers may change.
-        for key in ("gpu_ids", "progress", "num_workers"):
-            saved[key] = getattr(args, key)
-        saved["resume"] = True
-        return argparse.Namespace(**saved)
-    if not is_main:  # rank 0 checks and prepares the folder
-        return args
-    if opts_file.is_file():
+# ----------------------------------------------------------------------------------------------------
+# The run folder: one run per model/NAME, never lost, never mixed with another.
+
+# What --resume may change: where and how visibly the run goes on, and (only upwards) its length.
+RESUME_MAY_CHANGE = ("gpu_ids", "progress", "num_workers", "resume", "total_epoch")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold model/.NAME.lock for the whole run, so a second train.py on the same NAME stops at once.
+
+    The lock is an flock: the kernel drops it when the process ends, however it ends, so a killed run
+    leaves no stale lock. The file holds the PID of the run that has it, for the message.
+    """
+    lock_file = run_dir.parent / f".{run_dir.name}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(
+                f"{run_dir} is being trained by another train.py (process {f.read().strip() or '?'}): wait "
+                "for it to end, or choose another --name"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> dict:
+    """The options the command line sets itself (dest -> value), leaving out those left at their default."""
+    unset = object()
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    return {k: v for k, v in vars(parser.parse_args(argv, namespace)).items() if v is not unset}
+
+
+def resumed_args(args, given: dict, run_dir: Path, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """--resume: the saved options of the run, with what --resume may change; a UserError naming every
+    other option given with a value that differs from the saved one."""
+    opts_file, checkpoint = run_dir / "opts.yaml", run_dir / "checkpoint.pth"
+    if not checkpoint.is_file() or not opts_file.is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no checkpoint.pth); start it without --resume")
+    saved = load_opts(opts_file)
+    flags = {}  # dest -> its main option (the first declared: --backbone, not its alias --use_dense)
+    for action in parser._actions:
+        if action.option_strings:
+            flags.setdefault(action.dest, action.option_strings[0])
+    differ = [flags[k] for k, v in given.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
+    if differ:
+        raise UserError(
+            f"{run_dir} was trained with other {', '.join(differ)}: --resume continues the run as it was "
+            "started (only --total_epoch may grow); drop them, or start a new run with another --name"
+        )
+    done = load_checkpoint(checkpoint)["epoch"] + 1
+    if args.total_epoch < done and "total_epoch" in given:
+        raise UserError(f"--total_epoch {args.total_epoch}: {run_dir} has already trained {done} epochs")
+    resumed = argparse.Namespace(**saved, resume=True)
+    resumed.gpu_ids, resumed.progress, resumed.num_workers = args.gpu_ids, args.progress, args.num_workers
+    if "total_epoch" in given:
+        resumed.total_epoch = args.total_epoch
+    return resumed
+
+
+def claim_run_dir(args, run_dir: Path) -> Path | None:
+    """Make model/NAME ready for a new run (not --resume); return where an --overwrite-n run was moved.
+
+    - No folder, or only the log of a start that failed before training: the run starts there.
+    - A run that stopped before its first checkpoint (no checkpoint.pth): nothing to lose but its
+      options and log, so it starts again there.
+    - A run with a checkpoint: refused, unless --overwrite; then the old run is moved aside (to
+      model/.NAME.old-PID) and deleted only once the new run has written its first checkpoint.
+    - Any other files: refused, they are not a run.
+    """
+    if not run_dir.is_dir():
+        return None
+    if (run_dir / "checkpoint.pth").is_file():
         if not args.overwrite:
             raise UserError(
                 f"{run_dir} holds another run: choose another --name, --resume it, or --overwrite it"
             )
-        shutil.rmtree(run_dir)
-    elif run_dir.is_dir() and {p.name for p in run_dir.iterdir()} - {"train.log"}:
-        # Only the log of a run that stopped before training (bad data, say) may be continued.
+        old = run_dir.parent / f".{run_dir.name}.old-{os.getpid()}"
+        os.rename(run_dir, old)
+        return old
+    names = {p.name for p in run_dir.iterdir()}
+    if "opts.yaml" in names:  # started, but stopped before its first checkpoint
+        for name in names & {"opts.yaml", "train.jpg"}:
+            (run_dir / name).unlink()
+    elif names - {"train.log"}:
         raise UserError(f"{run_dir} holds files but no training run (no opts.yaml); choose another --name")
-    return args
+    return None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """checkpoint.pth: everything --resume needs."""
+    return load_torch_file(path, weights_only=False)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    run_dir = Path("model") / args.name
+    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        old_run = None
+        if args.resume:
+            args = resumed_args(args, given_options(parser, argv), run_dir, parser)
+        elif rank == 0:
+            old_run = claim_run_dir(args, run_dir)
+        try:
+            train(args, argv, run_dir, old_run)
+        except BaseException as err:
+            put_back = old_run is not None and old_run.exists()
+            if put_back:  # the new run failed before its first checkpoint: the old one comes back
+                shutil.rmtree(run_dir, ignore_errors=True)
+                os.rename(old_run, run_dir)
+            if isinstance(err, KeyboardInterrupt):
+                raise KeyboardInterrupt(interrupted_message(run_dir, put_back)) from None
+            raise
+
+
+def interrupted_message(run_dir: Path, put_back: bool) -> str:
+    """What a Ctrl-C leaves and how to go on, in one line."""
+    name = run_dir.name
+    if put_back:
+        return f"the earlier run in {run_dir} is back in place, unchanged"
+    if (run_dir / "checkpoint.pth").is_file():
+        epoch = load_checkpoint(run_dir / "checkpoint.pth")["epoch"]
+        return (
+            f"{run_dir} is kept after epoch {epoch}; continue it with: python train.py --name {name} --resume"
+        )
+    return f"{run_dir} stopped before its first checkpoint; start it again with the same command"
+
+
+def train(args, argv: list[str], run_dir: Path, old_run: Path | None) -> None:
+    """Train the run `args` in run_dir (resumed when args.resume); delete old_run (the run that
+    --overwrite replaces) once the first checkpoint is written."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = int(os.environ.get("RANK", "0"))
     is_main = rank == 0
-    run_dir = Path("model") / args.name
-    args = prepare_run_dir(args, run_dir, is_main)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(run_dir / "train.log" if is_main else None)
@@ -263,7 +400,8 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     amp_dtype = run_precision(args, device, logger)
-    set_seed(args.seed)
+    # Each process its own augmentation randomness; DDP copies rank 0's initial weights to all.
+    set_seed(args.seed + rank)
 
     data_dir = Path(args.data_dir)
     augment = train_transform(args.height, args.width, args.erasing_p, args.color_jitter)
@@ -311,7 +449,7 @@ def main(argv=None) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history, start_epoch = {"train": [], "val": []}, 0
     if args.resume:
-        state = torch.load(run_dir / "checkpoint.pth", map_location=device, weights_only=False)
+        state = load_checkpoint(run_dir / "checkpoint.pth")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -323,10 +461,13 @@ def main(argv=None) -> None:
     if distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if is_main:
-        opts = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "model")}
+    if is_main:  # the options, the model configuration, the command line; a resume is added to the history
+        history_keys = ("resume", "overwrite", "model", "argv", "resumed")
+        opts = {k: v for k, v in vars(args).items() if k not in history_keys}
         opts["model"] = config.to_dict()
-        opts["argv"] = sys.argv[1:] if argv is None else list(argv)
+        opts["argv"] = args.argv if args.resume else argv
+        if args.resume:
+            opts["resumed"] = [*getattr(args, "resumed", []), {"argv": argv, "after_epoch": start_epoch - 1}]
         save_yaml(run_dir / "opts.yaml", opts)
     logger.info(
         f"{len(train_data)} training images, {args.nclasses} identities, {len(val_data)} val images; "
@@ -375,6 +516,8 @@ def main(argv=None) -> None:
                 },
                 run_dir / "checkpoint.pth",
             )
+            if old_run is not None and old_run.exists():  # the new run has a checkpoint: the old one goes
+                shutil.rmtree(old_run)
     logger.info(f"done: model/{args.name}/net_last.pth")
     if distributed:
         dist.destroy_process_group()

@@ -6,6 +6,7 @@ evaluate scripts start fast; the helpers that need torch import it inside the fu
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -25,7 +26,8 @@ class UserError(Exception):
 
 
 def run_main(main_fn, argv=None) -> None:
-    """Run a script's `main`, turning a UserError into a one-line message and exit status 2."""
+    """Run a script's `main`, turning a UserError into a one-line message and exit status 2, and
+    Ctrl-C into one line (what was interrupted, and how to continue when there is a way) and 130."""
     try:
         main_fn(argv)
     except UserError as err:
@@ -33,6 +35,67 @@ def run_main(main_fn, argv=None) -> None:
         message = str(err).strip().splitlines()[-1].removeprefix("utils.UserError: ")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        print(f"interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
+        sys.exit(130)
+
+
+# Option types: argparse calls them on the text of an option and prints a one-line error naming the
+# option when they raise.
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A probability that must leave something: 0 <= p < 1 (a dropout of 1 would drop everything)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0 and below 1")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def gpu_ids(text: str) -> str:
+    """Comma-separated GPU ids, e.g. 0 or 0,1; -1 for the CPU."""
+    try:
+        [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give GPU ids such as 0 or 0,1, or -1 for the CPU"
+        ) from None
+    return text
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -74,7 +137,7 @@ def set_seed(seed: int) -> None:
 def add_device_args(parser, model: bool = True) -> None:
     """--gpu_ids, and for scripts that run a model (`model`) precision, workers and progress bars."""
     group = parser.add_argument_group("device and precision")
-    group.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0 or 0,1; -1 for the CPU")
+    group.add_argument("--gpu_ids", type=gpu_ids, default="0", help="GPU ids, e.g. 0 or 0,1; -1 for the CPU")
     if not model:
         return
     precision = group.add_mutually_exclusive_group()
@@ -84,7 +147,7 @@ def add_device_args(parser, model: bool = True) -> None:
     precision.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (CUDA or CPU)")
     group.add_argument(
         "--num_workers",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="DataLoader worker processes; None: 4 on CUDA, 0 on the CPU (where the model is the bottleneck)",
     )
@@ -178,18 +241,59 @@ def autocast(device, dtype):
 # rule for replacing an output folder.
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(tmp_path)` and move the result to `path`, so `path` is never left truncated."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EDQUOT: "the disk quota is used up: free some space",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you can write to",
+    errno.EPERM: "permission denied: choose a folder you can write to",
+}
+
+
+def write_error(path: str | Path, err: OSError) -> UserError:
+    """A UserError that names the file that could not be written, why, and what to do."""
+    reason = WRITE_ERRORS.get(err.errno, f"{err.strerror or err}; check the folder")
+    return UserError(f"cannot write {path}: {reason}")
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, before any long work, when the file `path` could not be written (its folder is
+    created if needed): a UserError from write_error."""
+    folder = Path(path).parent
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)` and move the result to `path`, so `path` is never left truncated.
+
+    The file gets the usual mode for a new file (0666 minus the umask). A full or read-only disk is
+    a UserError naming `path` (write_error).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes the file private
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
 
 
@@ -216,10 +320,15 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def torch_save(obj, path: str | Path) -> None:
-    """torch.save, atomically."""
+    """torch.save, atomically. The bytes are made in memory and written by Python, so a full disk is
+    reported as such (torch's own writer says only "unexpected pos")."""
+    import io
+
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def is_marked(folder: Path, marker: str, first_line: str) -> bool:
@@ -253,9 +362,7 @@ def replace_folder(out: Path, build) -> None:
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the tree should be readable as usual
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; the tree should be readable as usual
     try:
         build(tmp)
         if out.is_dir() and any(out.iterdir()):

@@ -5,7 +5,7 @@ script, and runs each as a child `python SCRIPT ...` (import costs included, as 
 temporary folder, where the scripts write data/, model/, results/ and pytorch_result.mat. It prints
 the wall time of each step and their sum, which is quickstart.sh's "done in N s" (everything after
 its package check), then the metrics of results/quickstart.json and quickstart_rerank.json, the
-command and the machine. The run is deterministic: the metrics repeat exactly on the same machine.
+command and the machine. The metrics repeat exactly on the same machine with the same number of threads.
 
     python bench/bench_quickstart.py
     python bench/bench_quickstart.py --keep /tmp/quickstart_run    # keep the data, model and pictures

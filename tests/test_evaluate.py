@@ -158,3 +158,23 @@ def test_help(script, capsys):
 def test_evaluate_does_not_import_torch():
     code = "import sys, evaluate; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_degenerate_features_are_refused_or_warned(tmp_path, capsys):
+    feats = random_features(n_q=10, n_g=40)
+    zero = {**feats, "query_f": np.zeros_like(feats["query_f"])}
+    save_features(tmp_path / "zero.mat", zero)
+    with pytest.raises(SystemExit):
+        run_main(evaluate.main, ["--result_file", str(tmp_path / "zero.mat")])
+    assert "every query feature is zero, so there is nothing to rank" in capsys.readouterr().err
+    zeros, same = (feats["gallery_f"].copy() for _ in range(2))
+    zeros[:3] = 0
+    same[:6] = same[6]  # 7 of 40: a tenth or more
+    for name, gallery_f in (("zeros", zeros), ("same", same)):
+        save_features(tmp_path / f"{name}.mat", {**feats, "gallery_f": gallery_f})
+        evaluate.main(["--result_file", str(tmp_path / f"{name}.mat")])
+    out = capsys.readouterr().out
+    assert (
+        f"warning: {tmp_path / 'zeros.mat'}: 3 of 40 gallery features are zero (no feature): they tie" in out
+    )
+    assert f"warning: {tmp_path / 'same.mat'}: 7 of 40 gallery features are one same vector: they tie" in out

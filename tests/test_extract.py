@@ -1,14 +1,19 @@
 """test.py: features of query, gallery and multi-query images, written to the features file."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import test as extract  # our test.py (the scripts' folder comes first on sys.path)
+from data import load_image
+from data import test_transform as reid_transform
 from features import load_features
+from model import load_trained_model
 from utils import UserError, file_sha256, save_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +44,7 @@ def test_features_file(tiny_prepared, in_trained):
     assert feats["model"] == "model/tiny epoch last" and feats["model_epoch"] == "last"
     assert Path(feats["model_dir"]) == (in_trained / "model/tiny").resolve()
     assert feats["checkpoint_sha256"] == file_sha256(in_trained / "model/tiny/net_last.pth")
-    assert feats["extraction"] == "image + flip, scales 1, 64x32, float32"
+    assert feats["extraction"] == "image + flip, area scales 1, 64x32, float32"
     assert "mquery_f" not in feats
 
 
@@ -50,14 +55,23 @@ def test_multi_query_and_result_file_option(tiny_prepared, in_trained):
     assert feats["mquery_label"].tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
-def test_multi_scale_changes_features(tiny_prepared, in_trained):
-    run(tiny_prepared, "--result_file", "one.mat")
-    run(tiny_prepared, "--ms", "1,0.9", "--result_file", "two.mat")
-    one, two = load_features("one.mat")["query_f"], load_features("two.mat")["query_f"]
-    np.testing.assert_allclose(np.linalg.norm(two, axis=1), 1, atol=1e-5)
-    assert not np.allclose(one, two)
-    with pytest.raises(SystemExit):
-        extract.parse_args(["--ms", "1,x"])
+def test_multi_scale_is_an_area_scale_as_in_the_classic(tiny_prepared, in_trained):
+    # --ms 1,0.5: the image, and the image with each side resized by sqrt(0.5), by hand.
+    run(tiny_prepared, "--ms", "1,0.5", "--result_file", "two.mat")
+    feats = load_features("two.mat")
+    model, _ = load_trained_model(in_trained / "model/tiny")
+    images = torch.stack([reid_transform(64, 32)(load_image(p)) for p in feats["query_path"]])
+    side = math.sqrt(0.5)  # the classic's test.py: scale_factor = sqrt of each --ms value
+    small = torch.nn.functional.interpolate(images, scale_factor=side, mode="bicubic", align_corners=False)
+    assert small.shape[2:] == (45, 22)
+    with torch.no_grad():
+        total = sum(model.embed(x) + model.embed(x.flip(dims=[3])) for x in (images, small))
+    expected = (total / total.norm(dim=1, keepdim=True)).numpy()
+    np.testing.assert_allclose(feats["query_f"], expected, atol=1e-5)
+    assert feats["extraction"] == "image + flip, area scales 1,0.5, 64x32, float32"
+    for bad in ("1,x", "1,-1", "0"):
+        with pytest.raises(SystemExit):
+            extract.parse_args(["--ms", bad])
 
 
 def test_bf16_close_to_fp32(tiny_prepared, in_trained):

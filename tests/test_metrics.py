@@ -157,3 +157,11 @@ def test_fast_ranking_equals_the_readable_one(seed):
         np.testing.assert_array_equal(got, want)
     readable = evaluate_metric([dist], q_pid, q_cam, g_pid, g_cam, fast=False)
     assert evaluate_metric([dist], q_pid, q_cam, g_pid, g_cam) == readable
+
+
+def test_ties_with_the_first_true_match_are_counted():
+    # Query E above: its true match g6 ties with the wrong g1; queries A and B have no such tie.
+    assert evaluate_metric([DIST], Q_PID, Q_CAM, G_PID, G_CAM)["n_tied"] == 1
+    # A tie with a junk image (ignored) is no tie: query A with g0 (same camera) at its first match's distance.
+    dist = np.array([[0.3, 0.5, 0.3, 0.9, 0.9, 0.9, 0.9, 0.9]], dtype=np.float32)
+    assert evaluate_metric([dist], [1], [1], G_PID, G_CAM)["n_tied"] == 0

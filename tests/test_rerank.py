@@ -169,5 +169,15 @@ def test_evaluate_rerank_names_the_file_of_a_collapsed_model(tmp_path):
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert run.returncode == 2
-    message = "all the features are the same vector, so there is nothing to re-rank (did training collapse?)"
+    message = "every query feature is the same vector, so there is nothing to rank (did training collapse?)"
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'collapsed.mat'}: {message}"]
+
+
+def test_lambda_0_is_refused_because_most_of_the_gallery_ties(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_rerank.main(["--result_file", str(tmp_path / "f.mat"), "--lambda_value", "0"])
+    assert exit_info.value.code == 2
+    assert (
+        "--lambda_value 0 ranks by the Jaccard distance alone, which ties most of the gallery"
+        in capsys.readouterr().err
+    )

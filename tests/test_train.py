@@ -1,5 +1,6 @@
 """train.py and random_erasing.py on tiny data: every backbone, options, resume, DDP, bad input."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,9 +11,10 @@ import torch
 from PIL import Image
 
 import train
+import utils
 from model import BACKBONES, ModelConfig, build_model, load_trained_model
 from random_erasing import RandomErasing
-from utils import UserError
+from utils import UserError, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-pretrained", "--gpu_ids", "-1", "--height", "64", "--width", "32", "--batchsize", "4"]
@@ -35,7 +37,7 @@ def test_one_epoch_each_backbone(tiny_prepared, workdir, backbone):
     assert (run_dir / "net_last.pth").is_file()
     _, config = load_trained_model(run_dir)  # strict load through build_model
     assert config.backbone == backbone and config.nclasses == 4
-    opts = train.load_yaml(run_dir / "opts.yaml")
+    opts = load_yaml(run_dir / "opts.yaml")
     assert opts["argv"][:2] == ["--name", backbone] and opts["model"] == config.to_dict()
 
 
@@ -65,9 +67,7 @@ def test_outputs_checkpoints_and_curves(tiny_prepared, workdir):
     log = (run_dir / "train.log").read_text()
     assert log.count("train loss") == 10
     model, config = load_trained_model(run_dir, "9")
-    assert (
-        config.linear_num == 64 and config.stride == 1 and train.load_yaml(run_dir / "opts.yaml")["train_all"]
-    )
+    assert config.linear_num == 64 and config.stride == 1 and load_yaml(run_dir / "opts.yaml")["train_all"]
     assert model.classifier.embedding_dim == 64
     # net_009 and net_last are the same weights after 10 epochs
     a = torch.load(run_dir / "net_009.pth", weights_only=True)
@@ -215,6 +215,9 @@ def test_two_process_gloo_run(tiny_prepared, workdir):
     log = (workdir / "model/ddp/train.log").read_text()
     assert "x 2 processes" in log and log.count("train loss") == 2  # only rank 0 writes
     load_trained_model(workdir / "model/ddp")
+    # Each process draws its own augmentation randomness, and both states are kept for --resume.
+    states = torch.load(workdir / "model/ddp/checkpoint.pth", weights_only=False)["random"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
 
 
 def test_help():
@@ -249,7 +252,7 @@ def test_workers_progress_and_weight_decay(tiny_prepared, workdir, capfd):
     args = train.parse_args(["--weight_decay", "0.01"])
     net = build_model(ModelConfig.from_options({**vars(args), "nclasses": 3}))
     assert all(g["weight_decay"] == 0.01 for g in train.make_optimizer(net, args).param_groups)
-    assert train.load_yaml(run_dir / "opts.yaml")["num_workers"] == 1
+    assert load_yaml(run_dir / "opts.yaml")["num_workers"] == 1
 
 
 def test_select_device(monkeypatch):
@@ -268,3 +271,163 @@ def test_select_device(monkeypatch):
     assert utils.select_device("1,0", logger) == torch.device("cuda", 1) and "torchrun" in records[-1]
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert utils.select_device("0", logger) == torch.device("cuda", 1)  # one GPU per torchrun process
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run folder: never lost, never mixed up.
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_second_train_on_the_same_name_stops_while_the_first_runs(tiny_prepared, workdir):
+    # Another process holds the run's lock (as a running train.py does): a second one stops at once.
+    hold = (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import train\n"
+        "with train.run_lock(Path('model/busy')):\n    print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(ROOT)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            UserError, match=rf"model/busy is being trained by another train.py \(process {holder.pid}\)"
+        ):
+            run_train(tiny_prepared, "busy", "--total_epoch", "1")
+        assert not Path("model/busy").exists()
+    finally:
+        holder.kill()  # killed, not ended cleanly: the kernel drops the lock all the same
+        holder.wait()
+    run_train(tiny_prepared, "busy", "--total_epoch", "1")
+    assert Path("model/busy/net_last.pth").is_file()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(
+    tiny_prepared, workdir, tmp_path, monkeypatch
+):
+    run_dir = run_train(tiny_prepared, "kept", "--total_epoch", "1")
+    before = snapshot(run_dir)
+    # A start-up failure (a mistyped --data_dir): the old run is back, byte for byte.
+    with pytest.raises(UserError, match="no such folder"):
+        run_train(tmp_path / "typo", "kept", "--overwrite")
+    assert snapshot(run_dir) == before
+    # A failure in the first epoch, and Ctrl-C there: the same.
+    real = train.run_epoch
+
+    def failing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run_epoch", failing)
+    with pytest.raises(KeyboardInterrupt, match=r"the earlier run in model/kept is back in place"):
+        run_train(tiny_prepared, "kept", "--total_epoch", "2", "--overwrite")
+    assert snapshot(run_dir) == before
+    monkeypatch.setattr(train, "run_epoch", real)
+    # Success: the new run replaces the old one, and nothing of the old one is left.
+    run_train(tiny_prepared, "kept", "--total_epoch", "2", "--overwrite")
+    assert (run_dir / "train.log").read_text().count("train loss") == 2
+    assert [p.name for p in Path("model").iterdir() if not p.name.endswith(".lock")] == ["kept"]
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_again(tiny_prepared, workdir, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real = train.run_epoch
+    monkeypatch.setattr(train, "run_epoch", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_main(
+            train.main, ["--name", "first", "--data_dir", str(tiny_prepared), *FAST, "--total_epoch", "1"]
+        )
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == (
+        "interrupted: model/first stopped before its first checkpoint; start it again with the same command\n"
+    )
+    monkeypatch.setattr(train, "run_epoch", real)
+    run_dir = run_train(tiny_prepared, "first", "--total_epoch", "1")  # no --overwrite needed
+    assert (run_dir / "net_last.pth").is_file()
+
+
+def test_ctrl_c_after_a_checkpoint_says_how_to_resume(tiny_prepared, workdir, monkeypatch, capsys):
+    real = train.run_epoch
+
+    def interrupted_in_epoch_1(*args, **kwargs):
+        if (kwargs.get("desc") or args[8]).startswith("1/"):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", interrupted_in_epoch_1)
+    with pytest.raises(SystemExit):
+        utils.run_main(
+            train.main, ["--name", "ctrl", "--data_dir", str(tiny_prepared), *FAST, "--total_epoch", "2"]
+        )
+    assert capsys.readouterr().err == (
+        "interrupted: model/ctrl is kept after epoch 0; continue it with: python train.py --name ctrl --resume\n"
+    )
+
+
+def test_resume_refuses_other_options_and_may_extend_the_run(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "res", "--total_epoch", "1", "--lr", "0.02")
+    for extra, named in (
+        (["--lr", "0.001"], "--lr"),
+        (["--backbone", "resnet34", "--bf16"], "--backbone, --bf16"),
+    ):
+        with pytest.raises(UserError, match=rf"model/res was trained with other {named}: --resume continues"):
+            train.main(["--name", "res", "--resume", *extra])
+    train.main(["--name", "res", "--resume", "--total_epoch", "3", "--lr", "0.02"])  # the same lr is fine
+    assert (run_dir / "train.log").read_text().count("train loss") == 3
+    opts = load_yaml(run_dir / "opts.yaml")
+    assert opts["total_epoch"] == 3 and opts["lr"] == 0.02
+    assert opts["argv"][:2] == ["--name", "res"] and "--resume" not in opts["argv"]  # the original command
+    assert opts["resumed"] == [
+        {"argv": ["--name", "res", "--resume", "--total_epoch", "3", "--lr", "0.02"], "after_epoch": 0}
+    ]
+    with pytest.raises(UserError, match="--total_epoch 2: model/res has already trained 3 epochs"):
+        train.main(["--name", "res", "--resume", "--total_epoch", "2"])
+
+
+def test_damaged_or_edited_files_are_one_line_errors(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "damaged", "--total_epoch", "1")
+    opts_text = (run_dir / "opts.yaml").read_text()
+    (run_dir / "checkpoint.pth").write_bytes((run_dir / "checkpoint.pth").read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"checkpoint.pth: cannot read it .* the file is damaged"):
+        train.main(["--name", "damaged", "--resume"])
+    (run_dir / "opts.yaml").write_text("lr: [0.1\n")
+    with pytest.raises(UserError, match=r"opts.yaml: not valid YAML"):
+        load_trained_model(run_dir)
+    (run_dir / "opts.yaml").write_text(opts_text.replace("linear_num: 512", "linear_num: 256"))
+    with pytest.raises(
+        UserError, match=r"net_last.pth does not fit the model of .*opts.yaml \(.*size mismatch"
+    ):
+        load_trained_model(run_dir)
+    (run_dir / "opts.yaml").write_text(opts_text.replace("  linear_num: 512\n", ""))
+    with pytest.raises(UserError, match=r"opts.yaml: missing key 'linear_num' in the model configuration"):
+        load_trained_model(run_dir)
+    (run_dir / "opts.yaml").write_text(opts_text)
+    (run_dir / "net_last.pth").write_bytes(b"")
+    with pytest.raises(UserError, match=r"net_last.pth: cannot read it"):
+        load_trained_model(run_dir)
+    with pytest.raises(
+        UserError, match=r"--which_epoch 'best' is not an epoch number or last; .*one of: last"
+    ):
+        load_trained_model(run_dir, "best")
+
+
+def test_a_full_disk_is_named_at_the_first_checkpoint(tiny_prepared, workdir, monkeypatch):
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(
+        UserError, match=r"cannot write model/full/net_last.pth: the disk is full: free some space"
+    ):
+        run_train(tiny_prepared, "full", "--total_epoch", "1")
+    assert not [p for p in Path("model/full").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_random_states_restore_from_the_gpu():
+    states = train.random_states()
+    expected = torch.rand(3)
+    moved = {**states, "torch": states["torch"].cuda(), "cuda": [s.cuda() for s in states["cuda"]]}
+    train.set_random_states(moved)
+    assert torch.equal(torch.rand(3), expected)
