@@ -138,17 +138,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def test_transform(height: int, width: int):
-    """Bicubic resize to (height, width), to tensor, ImageNet normalisation."""
+def test_transform(height: int, width: int, normalize: bool = True):
+    """Bicubic resize to (height, width), to tensor (RGB in [0, 1]), ImageNet normalisation (`normalize`)."""
     from torchvision import transforms
 
-    return transforms.Compose(
-        [
-            transforms.Resize((height, width), interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    steps = [
+        transforms.Resize((height, width), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.ToTensor(),
+    ]
+    if normalize:
+        steps.append(transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return transforms.Compose(steps)
 
 
 def train_transform(height: int, width: int, erasing_p: float = 0.0, color_jitter: bool = False):

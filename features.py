@@ -38,12 +38,12 @@ from utils import UserError, atomic_write, autocast, file_sha256
 # Extraction.
 
 
-def embed_batch(model, images, scales=(1.0,)):
+def embed_batch(model, images, scales=(1.0,), flip: bool = True, normalize: bool = True):
     """The retrieval features of a batch (B, 3, H, W): unit-norm rows (B, D), float32.
 
-    Sums the embeddings of each image and its horizontal flip, at every scale in `scales` (each
-    resized from `images`), then L2-normalises. PCB: each of the 6 part features is normalised and
-    scaled by 1/sqrt(6), so the concatenated (B, 6 * 2048) vector has unit norm.
+    Sums the embeddings of each image and its horizontal flip (`flip`), at every scale in `scales`
+    (each resized from `images`), then L2-normalises (`normalize`). PCB: each of the 6 part features
+    is normalised and scaled by 1/sqrt(6), so the concatenated (B, 6 * 2048) vector has unit norm.
     """
     import torch
 
@@ -55,13 +55,14 @@ def embed_batch(model, images, scales=(1.0,)):
                 x = torch.nn.functional.interpolate(
                     images, scale_factor=scale, mode="bicubic", align_corners=False
                 )
-            for view in (x, x.flip(dims=[3])):
+            for view in (x, x.flip(dims=[3])) if flip else (x,):
                 total = total + model.embed(view.contiguous(memory_format=torch.channels_last)).float()
         if total.dim() == 3:  # PCB: (B, parts, 2048)
-            parts = total.shape[1]
-            total = total / (total.norm(dim=2, keepdim=True).clamp_min(1e-12) * parts**0.5)
+            if normalize:
+                parts = total.shape[1]
+                total = total / (total.norm(dim=2, keepdim=True).clamp_min(1e-12) * parts**0.5)
             return total.flatten(1)
-        return total / total.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return total / total.norm(dim=1, keepdim=True).clamp_min(1e-12) if normalize else total
 
 
 def extract(
@@ -76,19 +77,21 @@ def extract(
     progress: bool = False,
     desc: str = "",
     compute=None,
+    normalize: bool = True,
 ) -> np.ndarray:
     """The features (N, D) of the images `paths`, in order, as float32 numpy: `embed_batch` at `scales`.
 
     The images are read with data.load_image and the test transform (bicubic resize to `input_size`
-    = (height, width), ImageNet normalisation), in batches of `batchsize` (B, 3, H, W) on `device`,
-    under autocast `amp_dtype`. With `compute`, the result of `compute(model, images)` instead, e.g.
-    demo.py's activation maps (N, h, w).
+    = (height, width), ImageNet normalisation unless not `normalize`), in batches of `batchsize`
+    (B, 3, H, W) on `device`, under autocast `amp_dtype`. With `compute`, the result of
+    `compute(model, images)` instead (a tensor or a numpy array), e.g. demo.py's activation maps
+    (N, h, w), or deploy.OnnxFeatures (then `model` is unused).
     """
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    data = ImageFiles(paths, test_transform(*input_size))
+    data = ImageFiles(paths, test_transform(*input_size, normalize=normalize))
     loader = DataLoader(data, batch_size=batchsize, num_workers=num_workers)
     outputs = []
     with torch.no_grad():
@@ -96,8 +99,8 @@ def extract(
             images = images.to(device)
             with autocast(device, amp_dtype):
                 out = compute(model, images) if compute else embed_batch(model, images, scales)
-            outputs.append(out.float().cpu().numpy())
-    return np.concatenate(outputs)
+            outputs.append(out.float().cpu().numpy() if isinstance(out, torch.Tensor) else out)
+    return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------------

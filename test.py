@@ -5,16 +5,24 @@ person ids and cameras of `TEST_DIR/query` and `TEST_DIR/gallery` (and `multi-qu
 to a .mat file that the evaluate scripts read (default `pytorch_result.mat` in the current folder).
 The features are those of features.py: image + flipped image, at each scale of --ms, L2-normalised.
 
+`--backend onnxruntime` extracts with the ONNX model that export.py wrote for that checkpoint (or
+`--onnx FILE`) instead of PyTorch: the same features, to float rounding. Under torchrun each process
+extracts its share of the images (gloo on CPUs, NCCL on GPUs) and the first writes the one features
+file, the same as one process writes.
+
     python test.py --name ft_ResNet50 --test_dir ../Market/pytorch --which_epoch last --bf16
+    torchrun --nproc_per_node=2 test.py --name ft_ResNet50 --test_dir ../Market/pytorch
 """
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from data import list_images, parse_name, read_naming
 from features import add_result_file_arg, add_trained_model_args, extract, provenance, save_features
@@ -24,6 +32,7 @@ from utils import (
     UserError,
     add_device_args,
     check_writable,
+    file_sha256,
     num_workers,
     positive_int,
     precision_name,
@@ -54,9 +63,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--use_dense", action="store_true", help="check that it is DenseNet-121 (classic flag)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="what runs the model: PyTorch, or onnxruntime on the ONNX file of export.py",
+    )
+    parser.add_argument(
+        "--onnx", help="the ONNX file for --backend onnxruntime (default: model/NAME/net_EPOCH.onnx)"
+    )
     add_trained_model_args(parser)
     add_device_args(parser)
     args = parser.parse_args(argv)
+    if args.backend == "onnxruntime" and (args.ms != "1" or args.fp16 or args.bf16):
+        parser.error(
+            "--backend onnxruntime runs the exported graph as it is: one scale, float32 (drop --ms, --fp16, --bf16)"
+        )
     try:
         areas = [float(s) for s in args.ms.split(",")]
     except ValueError:
@@ -81,9 +103,29 @@ def split_images(folder: Path, naming) -> tuple[list[Path], np.ndarray, np.ndarr
     return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
 
 
+def onnx_runner(args, run_dir: Path, checkpoint: Path, device):
+    """--backend onnxruntime: the exported model of `checkpoint`, the compute function of
+    features.extract, whether the graph normalises its input, and how the features file names it."""
+    from deploy import OnnxFeatures
+
+    path = Path(args.onnx or checkpoint.with_suffix(".onnx"))
+    runner = OnnxFeatures(path, device)
+    meta = runner.metadata
+    if meta.get("flip") != "in the graph" or meta.get("l2") != "in the graph":
+        raise UserError(
+            f"{path} leaves the flip sum or the L2 normalisation out; export it again without --no-flip/--no-l2"
+        )
+    if meta.get("checkpoint_sha256") != file_sha256(checkpoint):
+        raise UserError(f"{path} was exported from another checkpoint than {checkpoint}; export it again")
+    return runner, (lambda onnx, images: onnx(images)), meta["imagenet_normalisation"] == "outside", path
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     logger = setup_logging()
+    if rank:
+        logger.setLevel("ERROR")
     run_dir = Path("model") / args.name
     model, config = load_trained_model(run_dir, args.which_epoch)
     if (args.PCB and not config.PCB) or (args.use_dense and config.backbone != "densenet121"):
@@ -93,34 +135,59 @@ def main(argv=None) -> None:
         )
     device = select_device(args.gpu_ids, logger)
     amp_dtype = run_precision(args, device, logger)
-    model = model.to(device, memory_format=torch.channels_last)
+    checkpoint = checkpoint_path(run_dir, args.which_epoch)
+    compute, normalize, runner = None, True, f"{precision_name(amp_dtype)}"
+    if args.backend == "onnxruntime":
+        model, compute, normalize, onnx_file = onnx_runner(args, run_dir, checkpoint, device)
+        runner = f"float32, onnxruntime {onnx_file}"
+    else:
+        model = model.to(device, memory_format=torch.channels_last)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
 
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
     naming = read_naming(test_dir)
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
-    extraction = (
-        f"image + flip, area scales {args.ms}, {config.height}x{config.width}, {precision_name(amp_dtype)}"
-    )
+    extraction = f"image + flip, area scales {args.ms}, {config.height}x{config.width}, {runner}"
     start = time.perf_counter()
-    feats = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
+    feats = provenance(run_dir, args.which_epoch, checkpoint, extraction)
     check_writable(args.result_file)  # now, not after the extraction
     n_images = 0
     for key in splits:
         paths, pids, cams = split_images(test_dir / SPLITS[key], naming)
-        feats[f"{key}_f"] = extract(
-            model, paths, (config.height, config.width), device, amp_dtype, args.batchsize,
-            num_workers(args, device), args.scales, args.progress, desc=SPLITS[key],
+        shard = np.array_split(np.arange(len(paths)), world)[rank]  # this process's share, in order
+        f = extract(
+            model, [paths[i] for i in shard], (config.height, config.width), device, amp_dtype, args.batchsize,
+            num_workers(args, device), args.scales, args.progress, desc=SPLITS[key], compute=compute,
+            normalize=normalize,
         )  # fmt: skip
+        feats[f"{key}_f"] = gather_shards(f, world, rank)
         feats[f"{key}_label"], feats[f"{key}_cam"] = pids, cams
         if key != "mquery":  # demo.py shows query and gallery images
             feats[f"{key}_path"] = [str(p) for p in paths]
         n_images += len(paths)
     elapsed = time.perf_counter() - start
+    if world > 1:
+        dist.destroy_process_group()
+    if rank:
+        return
     save_features(args.result_file, feats)
     logger.info(
-        f"{n_images} images in {elapsed:.1f} s ({n_images / elapsed:.1f} img/s), "
-        f"{feats['query_f'].shape[1]}-d features -> {args.result_file}"
+        f"{n_images} images in {elapsed:.1f} s ({n_images / elapsed:.1f} img/s"
+        f"{f' with {world} processes' if world > 1 else ''}), {feats['query_f'].shape[1]}-d features -> "
+        f"{args.result_file}"
     )
+
+
+def gather_shards(f: np.ndarray, world: int, rank: int) -> np.ndarray | None:
+    """The features of every process's share, in order, on the first process (None on the others)."""
+    if world == 1:
+        return f
+    shards = [None] * world if rank == 0 else None
+    dist.gather_object(f, shards, dst=0)
+    return np.concatenate(shards) if rank == 0 else None
 
 
 if __name__ == "__main__":

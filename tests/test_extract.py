@@ -1,6 +1,7 @@
 """test.py: features of query, gallery and multi-query images, written to the features file."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,23 @@ def test_help():
         [sys.executable, str(ROOT / "test.py"), "--help"], check=False, capture_output=True, text=True
     )
     assert result.returncode == 0 and "--which_epoch" in result.stdout and "--ms" in result.stdout
+
+
+def test_two_processes_write_what_one_writes(tiny_prepared, in_trained):
+    run(tiny_prepared, "--multi", "--result_file", "one.mat")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+           str(ROOT / "test.py"), "--name", "tiny", "--test_dir", str(tiny_prepared), "--gpu_ids", "-1",
+           "--batchsize", "3", "--multi", "--result_file", "two.mat"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "with 2 processes" in result.stdout
+    one, two = load_features("one.mat"), load_features("two.mat")
+    assert sorted(one) == sorted(two)
+    for key, value in one.items():
+        if key.endswith("_f"):
+            np.testing.assert_allclose(two[key], value, atol=1e-5)
+        else:
+            assert np.array_equal(two[key], value) if isinstance(value, np.ndarray) else two[key] == value, (
+                key
+            )
