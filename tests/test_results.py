@@ -59,3 +59,12 @@ def test_cuhk01_table_is_the_logged_run():
         assert ours[3:] == theirs[4:11]  # re-ranking and the metrics
         if ours[1]:
             assert (ours[1], ours[2]) == (theirs[3], theirs[11])
+
+
+def test_the_readme_example_output_is_the_quickstarts():
+    # The indented block after "Each script prints, for example" is evaluate.py's output in the
+    # logged quickstart run.
+    text = (ROOT / "README.md").read_text().split("Each script prints, for example")[1]
+    example = [line.strip() for line in text.split("\n\n")[1].splitlines()]
+    log = {line.strip() for line in logs_by_command()["python bench/bench_quickstart.py"].splitlines()}
+    assert len(example) == 5 and all(line in log for line in example), example
