@@ -430,3 +430,12 @@ def test_select_device(monkeypatch):
     assert utils.select_device("1,0", logger) == torch.device("cuda", 1) and "torchrun" in records[-1]
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert utils.select_device("0", logger) == torch.device("cuda", 1)  # one GPU per torchrun process
+
+
+def test_every_classic_train_command_of_the_readme_parses_verbatim():
+    """The classic toolkit's published command lines (the README's results) run here as they are."""
+    results = (ROOT / "README.md").read_text().split("## Results")[1]
+    commands = re.findall(r"`python train\.py([^`;]*)[`;]", results)
+    assert len(commands) >= 20
+    for command in commands:
+        train.parse_args(command.split())  # exits with status 2 on an unknown option
