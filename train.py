@@ -117,11 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model/NAME")
     add_device_args(parser)
     args = parser.parse_args(argv)
-    try:  # the architecture options, checked and completed (the input size) by the model config
+    try:  # the architecture options, checked and completed (input size, head) by the model config
         config = ModelConfig.from_options({**vars(args), "nclasses": 1})
     except UserError as err:
         parser.error(str(err))
     args.height, args.width = config.height, config.width
+    args.droprate, args.linear_num = config.droprate, config.linear_num
     if args.pretrained_path:
         args.pretrained = True
     if not 0 <= args.erasing_p <= 1:
