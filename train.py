@@ -348,6 +348,8 @@ def main(argv=None) -> None:
     is_main = rank == 0
     run_dir = Path("model") / args.name
     args = prepare_run_dir(args, run_dir, is_main)
+    # A run saved before an option existed resumes with the option's default (the recipe it had).
+    args = argparse.Namespace(**{**vars(parse_args([])), **vars(args)})
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     logger = setup_logging(run_dir / "train.log" if is_main else None)
@@ -426,7 +428,7 @@ def main(argv=None) -> None:
     if args.resume:
         state = torch.load(run_dir / "checkpoint.pth", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["criterion"])
+        criterion.load_state_dict(state.get("criterion", {}))
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

@@ -105,7 +105,7 @@ def side_by_side_parser(doc: str, batchsize: int, ours: str) -> argparse.Argumen
 def side_by_side(script: str, args, bare_args: list[str], ours: str, describe, ours_args=()) -> None:
     """For each precision, run the bare model and the toolkit script as children, one line each;
     `bare_args` and `ours_args` go to one child each."""
-    print(f"$ python bench/{Path(script).name} {' '.join(sys.argv[1:])}")
+    print(f"$ python bench/{Path(script).name} {shlex.join(sys.argv[1:])}")
     print(f"machine: {machine()}")
     shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
              "--width", str(args.width)]  # fmt: skip

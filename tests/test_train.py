@@ -439,3 +439,30 @@ def test_every_classic_train_command_of_the_readme_parses_verbatim():
     assert len(commands) >= 20
     for command in commands:
         train.parse_args(command.split())  # exits with status 2 on an unknown option
+
+
+def test_a_run_saved_before_the_strong_options_resumes(tiny_prepared, workdir, monkeypatch):
+    real_run_epoch = train.run_epoch
+
+    def killed_in_epoch_1(*a, **kw):
+        if kw.get("desc", "").startswith("1/"):
+            raise KeyboardInterrupt
+        return real_run_epoch(*a, **kw)
+
+    monkeypatch.setattr(train, "run_epoch", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_prepared, "old", "--backbone", "resnet18", "--total_epoch", "2")
+    monkeypatch.setattr(train, "run_epoch", real_run_epoch)
+    # As an older train.py wrote them: none of the new options, no loss or average state.
+    opts = train.load_yaml(Path("model/old/opts.yaml"))
+    for key in ["sampler", "num_instances", "optimizer", "steps", "wa", "wa_decay", "label_smoothing", "triplet",
+                "triplet_weight", "center", "neck", "pool"]:  # fmt: skip
+        opts.pop(key)
+    for key in ["neck", "pool"]:
+        opts["model"].pop(key)
+    train.save_yaml(Path("model/old/opts.yaml"), opts)
+    state = torch.load("model/old/checkpoint.pth", weights_only=False)
+    del state["criterion"], state["ema"]
+    torch.save(state, "model/old/checkpoint.pth")
+    run_train(tiny_prepared, "old", "--resume")
+    assert Path("model/old/train.log").read_text().count("train loss") == 2
