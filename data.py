@@ -1,4 +1,5 @@
-"""How a dataset is named and read: file-name parsing, dataset.yaml, image listing and loading, transforms.
+"""How a dataset is named and read: file-name parsing, dataset.yaml, image listing and loading,
+transforms, and the identity-balanced sampler.
 
 - Naming: a person re-ID image file name encodes the person id and the camera, e.g. Market-1501's
   `0002_c1s1_000451_03.jpg` is person 2 seen by camera 1. `parse_name` reads both with one regular
@@ -8,6 +9,8 @@
 - Images: `list_images` (one folder, or a folder and its subfolders), `load_image` (any file Pillow
   reads, as RGB), the train and test transforms, and two datasets for torch's DataLoader:
   `image_folder` (one class per identity folder, for training) and `ImageFiles` (a list of files).
+- Sampling: `PKSampler`, the identity-balanced batches of metric learning (P identities x K images),
+  and its options (`add_sampler_options`); the default is torch's plain random order.
 
 This module imports torch and torchvision only inside the functions that need them, so prepare.py
 starts fast.
@@ -195,3 +198,133 @@ class ImageFiles:
 
     def __getitem__(self, i: int):
         return self.transform(load_image(self.paths[i]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The identity-balanced sampler.
+
+
+def add_sampler_options(parser) -> None:
+    """--sampler and --num_instances: how train.py orders the training images into batches."""
+    group = parser.add_argument_group("sampling")
+    group.add_argument(
+        "--sampler",
+        default="random",
+        choices=["random", "pk"],
+        help="random: shuffled images; pk: batches of batchsize/K identities x K images each (PKSampler)",
+    )
+    group.add_argument("--num_instances", type=int, default=4, help="K, images per identity in a pk batch")
+
+
+class PKSampler:
+    """Identity-balanced batches for metric learning (Hermans et al., "In Defense of the Triplet Loss
+    for Person Re-Identification", 2017): each batch holds P = batch_size / K identities with K images
+    each. A batch sampler: iterating yields lists of dataset indices; use `DataLoader(batch_sampler=)`.
+
+    An epoch: each identity with n images offers max(1, n // K) groups of K of its images (shuffled; an
+    identity with fewer than K images offers one group drawn with replacement, and the n mod K images
+    left over differ from epoch to epoch). The groups fill batches in rounds: in each round every
+    identity with groups left offers its next one, the offers are shuffled, and whole batches of P are
+    cut from them (the rest wait for the next round), so the identities of a batch are always distinct.
+    When fewer than P identities have groups left, one last batch takes one group of each and is filled
+    with groups drawn from other identities: every identity is in every epoch. There are
+    ceil(groups / P) batches per epoch (short epochs are padded with extra batches of random
+    identities), about as many images as the dataset holds.
+
+    Distributed (num_replicas > 1): each epoch the identities are shuffled and cut into `num_replicas`
+    shares (every num_replicas-th identity); each process samples only its share, and every process
+    yields the same number of batches, ceil(all groups / (P x num_replicas)) (a share with more groups
+    than that leaves its last ones out this epoch).
+
+    The order depends only on `seed`, the epoch (`set_epoch`) and the rank, never on global random
+    state, so a resumed run continues exactly. The work per epoch is a few vectorised tensor
+    operations per round (no Python loop over images).
+    """
+
+    def __init__(self, labels, batch_size: int, num_instances: int, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0):  # fmt: skip
+        import torch
+
+        if batch_size % num_instances:
+            raise ValueError(f"batch size {batch_size} is not a multiple of --num_instances {num_instances}")
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.k, self.p = num_instances, batch_size // num_instances
+        self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+        self.counts = torch.bincount(self.labels)  # images per identity
+        self.ids = torch.nonzero(self.counts).flatten()  # identities present
+        self.groups = (self.counts // self.k).clamp(min=1)  # groups of K per identity
+        if len(self.ids) < self.p * num_replicas:
+            raise ValueError(
+                f"{len(self.ids)} identities, fewer than {self.p} per batch x {num_replicas} processes"
+            )
+        self.num_batches = -(-int(self.groups[self.ids].sum()) // (self.p * num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _generator(self, *salt: int):
+        import torch
+
+        return torch.Generator().manual_seed(hash((self.seed, self.epoch, *salt)) % 2**63)
+
+    def share(self, rank: int):
+        """The identities of process `rank` this epoch: every num_replicas-th of a shuffled order."""
+        import torch
+
+        return self.ids[torch.randperm(len(self.ids), generator=self._generator(-1))][
+            rank :: self.num_replicas
+        ]
+
+    def identity_batches(self, ids):
+        """(num_batches, P) identities and (num_batches, P) group numbers (-1: K images drawn with
+        replacement) of one epoch of the identities `ids`."""
+        import torch
+
+        g = self._generator(self.rank)
+        left = self.groups.clone()  # groups left per identity (indexed by label)
+        used = torch.zeros_like(left)
+        batch_ids, batch_groups, made = [], [], 0
+        active = ids
+        while len(active) >= self.p and made < self.num_batches:
+            offers = active[torch.randperm(len(active), generator=g)]
+            take = offers[: len(offers) // self.p * self.p]
+            batch_ids.append(take.view(-1, self.p))
+            made += len(take) // self.p
+            batch_groups.append(used[take].view(-1, self.p))
+            used[take] += 1
+            left[take] -= 1
+            active = active[left[active] > 0]
+        ids_out = torch.cat(batch_ids) if batch_ids else torch.empty(0, self.p, dtype=torch.int64)
+        groups_out = torch.cat(batch_groups) if batch_groups else torch.empty(0, self.p, dtype=torch.int64)
+        if len(ids_out) < self.num_batches and len(active):  # the last identities, then random others
+            others = ids[~torch.isin(ids, active)]
+            fill = others[torch.randperm(len(others), generator=g)[: self.p - len(active)]]
+            ids_out = torch.cat([ids_out, torch.cat([active, fill]).view(1, -1)])
+            groups_out = torch.cat(
+                [groups_out, torch.cat([used[active], torch.full_like(fill, -1)]).view(1, -1)]
+            )
+        while len(ids_out) < self.num_batches:  # pad a short epoch with random identities
+            extra = ids[torch.randperm(len(ids), generator=g)[: self.p]]
+            ids_out = torch.cat([ids_out, extra.view(1, -1)])
+            groups_out = torch.cat([groups_out, torch.full((1, self.p), -1)])
+        return ids_out[: self.num_batches], groups_out[: self.num_batches]
+
+    def __iter__(self):
+        import torch
+
+        ids, groups = self.identity_batches(self.share(self.rank) if self.num_replicas > 1 else self.ids)
+        g = self._generator(self.rank, 1)
+        # The images of each identity in a random order, contiguous: sort by label + a random fraction.
+        order = torch.argsort(
+            self.labels.double() + torch.rand(len(self.labels), generator=g, dtype=torch.float64)
+        )
+        start = torch.cumsum(self.counts, 0) - self.counts  # first position of each identity in `order`
+        n = self.counts[ids].unsqueeze(-1)  # (B, P, 1)
+        offset = groups.unsqueeze(-1) * self.k + torch.arange(self.k)  # (B, P, K) the group's positions
+        drawn = (torch.rand(*offset.shape, generator=g) * n).long()  # with replacement
+        with_replacement = (groups.unsqueeze(-1) < 0) | (n < self.k)
+        position = start[ids].unsqueeze(-1) + torch.where(with_replacement, drawn, offset)
+        yield from order[position].view(len(ids), -1).tolist()

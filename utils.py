@@ -151,6 +151,7 @@ def add_device_args(parser, model: bool = True) -> None:
         default=None,
         help="DataLoader worker processes; None: 4 on CUDA, 0 on the CPU (where the model is the bottleneck)",
     )
+    group.add_argument("--workers", dest="num_workers", type=int, help="= --num_workers (classic name)")
     group.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -1,9 +1,10 @@
-"""Real-data accuracy on CUHK01: MobileNetV2 fine-tuned from ImageNet, ResNet-50 from scratch.
+"""Real-data accuracy on CUHK01 within a CPU budget: the classic recipe (MobileNetV2 fine-tuned from
+ImageNet, ResNet-50 from scratch) and the strong one (bag of tricks) on MobileNetV2 and OSNet.
 
 Reads CUHK01 in Market-1501 layout (`--data_dir`, default `../shared/data/cuhk01` next to the
 repository: 485 training identities x 4 images, 486 queries, 1,458 gallery images, 2 cameras) and the
 MobileNetV2 ImageNet weights (`--pretrained_path`); when either is absent (the weights only matter
-for mobilenet_v2) it prints one line and exits with status 0. It writes nothing next to the data:
+for the MobileNetV2 runs) it prints one line and exits with status 0. It writes nothing next to the data:
 everything goes to a temporary folder (kept with --keep DIR), where prepare.py writes `pytorch/`
 (copies of the images) and train.py, run in that folder, writes `model/NAME`. For each model:
 
@@ -35,6 +36,14 @@ Training choices, for 1,940 small images on a 2-core CPU:
 - ResNet-50, random weights: lr 0.02 for every layer and dropout 0.2, the settings that trained it
   from scratch on the synthetic dataset (a deep network from scratch needs a gentler start).
 
+The strong recipe (runs named *_strong) adds the bag of tricks of Luo et al. (CVPR-W 2019) to the
+same options, nothing else changed: --sampler pk (8 identities x 4 images per batch: CUHK01's 4
+images of each), --neck bnneck, --stride 1, --label_smoothing 0.1, --triplet. OSNet x1.0 trains from
+scratch with it (lr 0.05 for every layer): the network designed for that, where no ImageNet weights
+can be had. Compare recipes at one input size; the comparison of the issue is
+
+    python bench/bench_real.py --models mobilenet_v2,mobilenet_v2_strong,osnet_x1_0_strong --height 256 --width 128
+
 Re-ranking, two settings, neither tuned on CUHK01's test results: evaluate_rerank.py's defaults
 k1=20 k2=6 lambda=0.3 (the paper's Market-1501 values, where a query has more than ten true matches),
 and k1=6 k2=3 lambda=0.3, a neighbourhood scaled to CUHK01, where a query has 2 true matches (the
@@ -55,10 +64,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from common import ROOT, machine, work_folder  # first: it puts the repository on sys.path
+
+# isort: split
 import prepare
 import test
 import train
-from common import ROOT, machine, work_folder  # common puts the repository on sys.path
 from features import load_features
 from metrics import evaluate, feature_distance_chunks, format_results, row_chunks
 from re_ranking import check_params, re_ranking
@@ -70,13 +81,25 @@ WEIGHTS = SHARED / "weights/mobilenet_v2_imagenet_features.pth"
 # The training options of every model, then each model's own: how it starts and its learning rate.
 COMMON_ARGS = ["--train_all", "--batchsize", "32", "--erasing_p", "0.5", "--warm_epoch", "1", "--cosine",
                "--gpu_ids", "-1", "--no-progress"]  # fmt: skip
+# The bag of tricks, added to a model's options for its *_strong run.
+STRONG_ARGS = ["--sampler", "pk", "--num_instances", "4", "--neck", "bnneck", "--stride", "1",
+               "--label_smoothing", "0.1", "--triplet"]  # fmt: skip
 MODELS = {
     "mobilenet_v2": ("ImageNet, fine-tuned", ["--backbone", "mobilenet_v2", "--lr", "0.05"]),
     "resnet50": (
         "scratch",
         ["--backbone", "resnet50", "--no-pretrained", "--lr", "0.02", "--droprate", "0.2"],
     ),
+    "mobilenet_v2_strong": (
+        "ImageNet, fine-tuned, strong recipe",
+        ["--backbone", "mobilenet_v2", "--lr", "0.05", *STRONG_ARGS],
+    ),
+    "osnet_x1_0_strong": (
+        "scratch, strong recipe",
+        ["--backbone", "osnet_x1_0", "--no-pretrained", "--lr", "0.05", *STRONG_ARGS],
+    ),
 }
+DEFAULT_MODELS = ["mobilenet_v2", "resnet50"]  # the README's CUHK01 table
 RERANK = ["20,6,0.3", "6,3,0.3"]  # k1,k2,lambda: evaluate_rerank.py's defaults, then CUHK01's scale
 
 
@@ -86,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--budget_minutes", type=float, default=30, help="training time of each model (wall, this CPU)"
     )
     parser.add_argument(
-        "--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}"
+        "--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}"
     )
     parser.add_argument("--height", type=int, default=128, help="input height")
     parser.add_argument("--width", type=int, default=64, help="input width")
@@ -131,9 +154,14 @@ def missing_input(args) -> str | None:
     data = Path(args.data_dir)
     if not all((data / folder).is_dir() for folder in prepare.MARKET_FOLDERS.values()):
         return f"{data}: no CUHK01 in Market-1501 layout"
-    if "mobilenet_v2" in args.models and not Path(args.pretrained_path).is_file():
+    if any(uses_weights(name) for name in args.models) and not Path(args.pretrained_path).is_file():
         return f"{args.pretrained_path}: no MobileNetV2 ImageNet weights"
     return None
+
+
+def uses_weights(name: str) -> bool:
+    """Whether run `name` starts from the MobileNetV2 ImageNet weights of --pretrained_path."""
+    return "--no-pretrained" not in MODELS[name][1]
 
 
 def epochs_in_budget(budget_s: float, sec_per_epoch: float) -> int:
@@ -180,7 +208,7 @@ def scores(result_file: Path, rerank: list[tuple[int, int, float]]) -> dict:
 def train_args(name: str, args, data: Path) -> list[str]:
     """train.py's options for model `name` on the prepared tree `data`, without --total_epoch."""
     model_args = MODELS[name][1]
-    if name == "mobilenet_v2":
+    if uses_weights(name):
         model_args = [*model_args, "--pretrained_path", str(Path(args.pretrained_path).resolve())]
     return ["--name", name, "--data_dir", str(data), "--height", str(args.height), "--width", str(args.width),
             *COMMON_ARGS, *model_args, "--overwrite"]  # fmt: skip

@@ -102,9 +102,10 @@ def side_by_side_parser(doc: str, batchsize: int, ours: str) -> argparse.Argumen
     return parser
 
 
-def side_by_side(script: str, args, bare_args: list[str], ours: str, describe) -> None:
-    """For each precision, run the bare model and the toolkit script as children, one line each."""
-    print(f"$ python bench/{Path(script).name} {' '.join(sys.argv[1:])}")
+def side_by_side(script: str, args, bare_args: list[str], ours: str, describe, ours_args=()) -> None:
+    """For each precision, run the bare model and the toolkit script as children, one line each;
+    `bare_args` and `ours_args` go to one child each."""
+    print(f"$ python bench/{Path(script).name} {shlex.join(sys.argv[1:])}")
     print(f"machine: {machine()}")
     shape = ["--backbone", args.backbone, "--batchsize", str(args.batchsize), "--height", str(args.height),
              "--width", str(args.width)]  # fmt: skip
@@ -113,6 +114,6 @@ def side_by_side(script: str, args, bare_args: list[str], ours: str, describe) -
         for precision in args.precisions.split(","):
             child = [str(Path(script).resolve()), *shape, "--precision", precision]
             bare = run_child([*child, "--child", "bare", *bare_args])
-            result = run_child([*child, "--child", ours, "--data", str(data)], cwd=tmp)
+            result = run_child([*child, "--child", ours, "--data", str(data), *ours_args], cwd=tmp)
             print(f"{args.backbone} {args.height}x{args.width} batch {args.batchsize} {precision}: "
                   f"{describe(bare, result)} | ratio {result['img_s'] / bare['img_s']:.2f}")  # fmt: skip

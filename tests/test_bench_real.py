@@ -178,3 +178,42 @@ def test_tiny_run_prepares_trains_tests_and_reports(tmp_path, capsys):
     assert "| k1=20 k2=6 lambda=0.3 |" in rows[1] and "| k1=6 k2=3 lambda=0.3 |" in rows[2]
     assert f"command: python bench/bench_real.py {' '.join(argv)}" in out
     assert "machine: " in out and f"torch {torch.__version__}" in out
+
+
+def test_strong_runs_add_only_the_bag_of_tricks(tmp_path):
+    args = bench_real.parse_args(["--pretrained_path", str(tmp_path / "w.pth")])
+    classic = train.parse_args([*bench_real.train_args("mobilenet_v2", args, tmp_path), "--total_epoch", "3"])
+    for name in ("mobilenet_v2_strong", "osnet_x1_0_strong"):
+        opts = train.parse_args([*bench_real.train_args(name, args, tmp_path), "--total_epoch", "3"])
+        assert opts.sampler == "pk" and opts.num_instances == 4 and opts.neck == "bnneck" and opts.stride == 1
+        assert opts.label_smoothing == 0.1 and opts.triplet and not opts.center
+        same = ["train_all", "batchsize", "erasing_p", "warm_epoch", "cosine", "lr", "height", "width"]
+        assert all(getattr(opts, key) == getattr(classic, key) for key in same)
+    mobilenet = train.parse_args(bench_real.train_args("mobilenet_v2_strong", args, tmp_path))
+    assert mobilenet.backbone == "mobilenet_v2" and Path(mobilenet.pretrained_path) == tmp_path / "w.pth"
+    osnet = train.parse_args(bench_real.train_args("osnet_x1_0_strong", args, tmp_path))
+    assert osnet.backbone == "osnet_x1_0" and not osnet.pretrained and not osnet.pretrained_path
+    # OSNet trains from scratch: the MobileNetV2 weights are not needed for it
+    only_osnet = bench_real.parse_args(
+        ["--pretrained_path", str(tmp_path / "absent.pth"), "--models", "osnet_x1_0_strong"]
+    )
+    assert not bench_real.uses_weights("osnet_x1_0_strong") and bench_real.uses_weights("mobilenet_v2_strong")
+    assert bench_real.missing_input(only_osnet) is None or "CUHK01" in bench_real.missing_input(only_osnet)
+
+
+def test_tiny_run_of_the_strong_recipe_from_scratch(tmp_path, capsys):
+    raw = write_raw_market(tmp_path / "raw")
+    work = tmp_path / "work"
+    argv = ["--data_dir", str(raw), "--budget_minutes", "0", "--models", "osnet_x1_0_strong", "--height", "64",
+            "--width", "32", "--keep", str(work), "--rerank", "6,3,0.3"]  # fmt: skip
+    (run,) = bench_real.main(argv)
+    assert run["model"] == "osnet_x1_0_strong" and run["epochs"] == 1
+    assert 0 <= run["rankings"]["none"]["mAP"] <= 1
+    opts = load_yaml(work / "model" / "osnet_x1_0_strong" / "opts.yaml")
+    assert (
+        opts["sampler"] == "pk"
+        and opts["model"]["neck"] == "bnneck"
+        and opts["model"]["backbone"] == "osnet_x1_0"
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| osnet_x1_0_strong |")]
+    assert len(rows) == 2 and "| scratch, strong recipe | 64x32 |" in rows[0]

@@ -1,10 +1,14 @@
-"""data.py: one parser for every dataset naming (clear errors for bad namings), listing images."""
+"""data.py: one parser for every dataset naming (clear errors for bad namings), listing images, the
+identity-balanced sampler."""
 
 import re
+import time
+from collections import Counter
 
 import pytest
+import torch
 
-from data import NAMINGS, match_name, naming_pattern, parse_name
+from data import NAMINGS, PKSampler, match_name, naming_pattern, parse_name
 
 VERI = r"^(?P<pid>\d+)_c(?P<cam>\d+)_"
 CUSTOM = r"^p(?P<pid>\d+)_cam(?P<cam>\d+)_"
@@ -100,3 +104,72 @@ def test_bad_namings(naming, message):
         naming_pattern(naming)
     with pytest.raises(ValueError, match=message):
         parse_name("0002_c1s1_000451_03.jpg", naming)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The identity-balanced sampler.
+
+
+def pk_labels():
+    """12 identities with 1 to 13 images: fewer than K, exactly K, several groups, leftovers."""
+    return torch.arange(12).repeat_interleave(torch.tensor([1, 2, 3, 4, 5, 8, 9, 13, 4, 4, 4, 6]))
+
+
+def test_pk_sampler_batches_are_p_identities_of_k_images_covering_every_identity():
+    labels = pk_labels()
+    sampler = PKSampler(labels, batch_size=8, num_instances=2, seed=0)  # P = 4
+    groups = sum(max(1, n // 2) for n in Counter(labels.tolist()).values())
+    assert len(sampler) == -(-groups // 4)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        for batch in batches:
+            per_id = Counter(labels[batch].tolist())
+            assert len(batch) == 8 and len(per_id) == 4 and set(per_id.values()) == {2}
+        assert {int(labels[i]) for batch in batches for i in batch} == set(range(12))  # every identity
+    # an identity with fewer than K images: its image twice; with 13 images: distinct images per group
+    alone = [i for batch in batches for i in batch if labels[i] == 0]
+    assert len(set(alone)) == 1 and len(alone) >= 2
+    assert len({i for batch in batches for i in batch if labels[i] == 7}) >= 2
+
+
+def test_pk_sampler_depends_only_on_seed_and_epoch():
+    labels = pk_labels()
+    a, b = PKSampler(labels, 8, 2, seed=5), PKSampler(labels, 8, 2, seed=5)
+    a.set_epoch(3)
+    b.set_epoch(3)
+    assert list(a) == list(b)  # a resumed run gets the same batches
+    b.set_epoch(4)
+    assert list(a) != list(b)
+    assert list(PKSampler(labels, 8, 2, seed=6)) != list(PKSampler(labels, 8, 2, seed=5))
+
+
+def test_pk_sampler_distributed_shares_are_disjoint_equal_and_reshuffled():
+    labels = pk_labels()
+    ranks = [PKSampler(labels, 4, 2, seed=0, num_replicas=2, rank=r) for r in range(2)]
+    shares = {}
+    for epoch in (0, 1):
+        ids = []
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(ranks[0]) == len(sampler)  # every process steps as often
+            ids.append({int(labels[i]) for batch in batches for i in batch})
+        assert not ids[0] & ids[1] and ids[0] | ids[1] == set(range(12))
+        shares[epoch] = ids[0]
+    assert shares[0] != shares[1]
+
+
+def test_pk_sampler_checks_and_speed():
+    with pytest.raises(ValueError, match="not a multiple"):
+        PKSampler(pk_labels(), 6, 4)
+    with pytest.raises(ValueError, match="12 identities, fewer than 8 per batch x 2 processes"):
+        PKSampler(pk_labels(), 16, 2, num_replicas=2)
+    # No per-epoch stall: an epoch of 100,000 images (5,000 identities), vectorised, well under a second.
+    labels = torch.randint(0, 5000, (100_000,), generator=torch.Generator().manual_seed(0))
+    sampler = PKSampler(labels, 64, 4)
+    start = time.perf_counter()
+    batches = list(sampler)
+    assert time.perf_counter() - start < 2.0
+    assert len(batches) == len(sampler) > 1400

@@ -30,7 +30,7 @@ SHORT = {
         "--width",
         "32",
         "--batchsize",
-        "4",
+        "8",  # the strong recipe's --num_instances 4: 2 identities per batch
         "--no-pretrained",
         "--gpu_ids",
         "-1",

@@ -1,7 +1,8 @@
-"""train.py and random_erasing.py on tiny data: every backbone, options, resume, DDP, bad input."""
+"""train.py and random_erasing.py on tiny data: backbones, options, the strong recipe, resume, DDP, bad input."""
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+import test as extract  # our test.py
 import train
 import utils
-from model import BACKBONES, ModelConfig, build_model, load_trained_model
+from features import load_features
+from model import CLASSIC_BACKBONE_FLAGS, ModelConfig, build_model, load_trained_model
 from random_erasing import RandomErasing
-from utils import UserError, load_yaml
+from utils import UserError, load_yaml, save_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-pretrained", "--gpu_ids", "-1", "--height", "64", "--width", "32", "--batchsize", "4"]
@@ -31,14 +34,19 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+# Every row builds, trains a step and round-trips in test_model.py; a whole train.py run for a few, one
+# of each kind of backbone: torchvision, written here, timm.
+@pytest.mark.parametrize(
+    "backbone", ["resnet18", "densenet121", "osnet_x0_25", "resnet50_ibn_a", "timm:resnet10t"]
+)
 def test_one_epoch_each_backbone(tiny_prepared, workdir, backbone):
-    run_dir = run_train(tiny_prepared, backbone, "--backbone", backbone, "--total_epoch", "1")
+    name = backbone.replace(":", "_")
+    run_dir = run_train(tiny_prepared, name, "--backbone", backbone, "--total_epoch", "1")
     assert (run_dir / "net_last.pth").is_file()
     _, config = load_trained_model(run_dir)  # strict load through build_model
     assert config.backbone == backbone and config.nclasses == 4
     opts = load_yaml(run_dir / "opts.yaml")
-    assert opts["argv"][:2] == ["--name", backbone] and opts["model"] == config.to_dict()
+    assert opts["argv"][:2] == ["--name", name] and opts["model"] == config.to_dict()
 
 
 def test_pcb_epoch_and_round_trip(tiny_prepared, workdir):
@@ -111,8 +119,14 @@ def test_random_erasing():
         RandomErasing(p=2)
 
 
-def test_resume_equals_uninterrupted_run(tiny_prepared, workdir, monkeypatch):
-    args = ["--total_epoch", "4", "--erasing_p", "0.5", "--seed", "3"]
+STRONG = ["--sampler", "pk", "--num_instances", "2", "--neck", "bnneck", "--stride", "1", "--label_smoothing", "0.1",
+          "--triplet", "--center", "--arcface", "--wa"]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", [[], [*STRONG, "--backbone", "resnet18"]], ids=["classic", "strong"])
+def test_resume_equals_uninterrupted_run(tiny_prepared, workdir, monkeypatch, recipe):
+    # strong: the PK sampler's order, the loss's own weights and centers, the weight average continue too
+    args = ["--total_epoch", "4", "--erasing_p", "0.5", "--seed", "3", *recipe]
     full = run_train(tiny_prepared, "full", *args)
 
     real_run_epoch = train.run_epoch
@@ -128,9 +142,10 @@ def test_resume_equals_uninterrupted_run(tiny_prepared, workdir, monkeypatch):
         run_train(tiny_prepared, "killed", *args)
     monkeypatch.setattr(train, "run_epoch", real_run_epoch)
     killed = run_train(tiny_prepared, "killed", *args, "--resume")
-    a = torch.load(full / "net_last.pth", weights_only=True)
-    b = torch.load(killed / "net_last.pth", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ["net_last.pth"] + (["net_average.pth"] if recipe else []):
+        a = torch.load(full / name, weights_only=True)
+        b = torch.load(killed / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
     assert (killed / "train.log").read_text().count("resuming") == 1
 
 
@@ -183,10 +198,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_prepared, workdir, monkey
     real = train.loss_and_correct
     calls = {"n": 0}
 
-    def nan_after_first_epoch(outputs, labels):
-        loss, correct = real(outputs, labels)
+    def nan_after_first_epoch(criterion, outputs, labels):
+        loss, terms, correct = real(criterion, outputs, labels)
         calls["n"] += 1
-        return (loss * float("nan") if calls["n"] > 3 else loss), correct
+        return (loss * float("nan") if calls["n"] > 3 else loss), terms, correct
 
     monkeypatch.setattr(train, "loss_and_correct", nan_after_first_epoch)
     with pytest.raises(UserError, match="loss became nan"):
@@ -220,13 +235,161 @@ def test_two_process_gloo_run(tiny_prepared, workdir):
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
 
 
+def test_two_process_run_with_the_pk_sampler_and_metric_losses(tiny_prepared, workdir):
+    # Each process its own 2 identities x 2 images; ArcFace's weights averaged over the processes.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29532",
+           str(ROOT / "train.py"), "--name", "ddp_pk", "--data_dir", str(tiny_prepared), *FAST,
+           "--total_epoch", "1", "--sampler", "pk", "--num_instances", "2", "--triplet", "--arcface", "--center",
+           "--backbone", "resnet18"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (workdir / "model/ddp_pk/train.log").read_text()
+    assert "x 2 processes" in log and "triplet" in log and "arcface" in log
+
+
+def test_strong_recipe_writes_a_weight_average_that_test_py_loads(tiny_prepared, workdir):
+    run_dir = run_train(tiny_prepared, "strong", "--backbone", "resnet18", "--total_epoch", "2", "--warm_epoch", "1",
+                        "--steps", "1", "--optimizer", "adam", "--lr", "0.00035", "--pool", "gem", *STRONG)  # fmt: skip
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pth", "net_average.pth", "net_last.pth",
+                                                         "opts.yaml", "train.jpg", "train.log"]  # fmt: skip
+    log = (run_dir / "train.log").read_text()
+    assert re.search(
+        r"train loss \d+\.\d+ \(id \d+\.\d+ triplet \d+\.\d+ arcface \d+\.\d+ center \d+\.\d+\)", log
+    )
+    assert "weight average (EMA, decay 0.999)" in log
+    config = load_trained_model(run_dir)[1]
+    assert (config.neck, config.pool, config.stride, config.linear_num) == ("bnneck", "gem", 1, 0)
+    last = torch.load(run_dir / "net_last.pth", weights_only=True)
+    average = torch.load(run_dir / "net_average.pth", weights_only=True)
+    assert last.keys() == average.keys()
+    assert not torch.equal(last["backbone.0.weight"], average["backbone.0.weight"])
+    assert not torch.equal(
+        last["classifier.bn.running_mean"], average["classifier.bn.running_mean"]
+    )  # recomputed
+    extract.main(
+        ["--name", "strong", "--test_dir", str(tiny_prepared), "--gpu_ids", "-1", "--which_epoch", "average"]
+    )
+    feats = load_features("pytorch_result.mat")
+    assert feats["query_f"].shape == (4, 512) and feats["model"].endswith("epoch average")
+    state = torch.load(run_dir / "checkpoint.pth", weights_only=False)
+    assert state["criterion"]["terms.center.centers"].shape == (4, 512) and state["ema"]["n_averaged"] == 4
+
+
+def test_every_metric_loss_in_one_run(tiny_prepared, workdir):
+    flags = ["--triplet", "--circle", "--arcface", "--cosface", "--sphere", "--contrast", "--lifted", "--instance",
+             "--center"]  # fmt: skip
+    run_dir = run_train(tiny_prepared, "losses", "--backbone", "resnet18", "--total_epoch", "1", "--sampler", "pk",
+                        "--num_instances", "2", *flags)  # fmt: skip
+    line = next(line for line in (run_dir / "train.log").read_text().splitlines() if "train loss" in line)
+    assert all(f" {flag[2:]} " in line for flag in flags), line
+
+
+def test_optimizers_and_step_schedule():
+    net = build_model(ModelConfig(nclasses=3, backbone="resnet18", neck="bnneck"))
+    for name, cls in [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]:
+        args = train.parse_args(["--optimizer", name, "--lr", "0.001", "--no-pretrained", "--arcface"])
+        criterion = train.ReIDLoss(args, 3, net.feature_dim)
+        optimizer = train.make_optimizer(net, args, criterion)
+        assert type(optimizer) is cls and [g["lr"] for g in optimizer.param_groups] == [0.001, 0.001]
+        head = {id(p) for p in optimizer.param_groups[1]["params"]}
+        assert id(criterion.terms["arcface"].W) in head and id(net.classifier.bn.bias) not in head  # frozen
+    args = train.parse_args(["--total_epoch", "120", "--warm_epoch", "10", "--steps", "70,40"])
+    assert args.steps == [40, 70]
+    factors = [train.lr_factor(epoch * 10, 10, args) for epoch in (0, 10, 39, 40, 69, 70, 119)]
+    assert factors == pytest.approx([0.1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "40,x"], "--steps '40,x': give comma-separated epochs"),
+        (["--steps", "40", "--cosine"], "--steps and --cosine are two decay schedules"),
+        (["--sampler", "pk", "--batchsize", "30"], "--batchsize 30 must be a multiple of --num_instances 4"),
+        (["--sampler", "pk", "--batchsize", "4"], "needs at least 2 identities per batch"),
+        (["--wa_decay", "1"], "--wa_decay must be between 0 and 1"),
+        (["--label_smoothing", "-0.1"], "--label_smoothing must be in"),
+        (["--use_swin", "--stride", "1"], "swin_base_patch4_window7_224 has no last-stride switch"),
+        (["--DG"], "--DG: downloads the 128,307-image DG-Market set"),
+        (["--use_NAS"], "--use_NAS: .*use --backbone timm:nasnetalarge"),
+        (["--FSGD"], "--FSGD: apex's fused SGD is not needed"),
+        (["--usam"], "--usam: USAM"),
+        (["--adv", "0.1", "--aiter", "40"], "--adv: adversarial query training"),
+    ],
+)
+def test_bad_and_unsupported_options_stop_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, error), error
+
+
+def test_classic_backbone_and_loss_flags():
+    for flag, backbone in CLASSIC_BACKBONE_FLAGS.items():
+        assert train.parse_args([flag]).backbone == backbone
+    args = train.parse_args(["--use_swin"])
+    assert (args.height, args.width) == (224, 224)  # the classic's Swin input
+    assert (train.parse_args(["--use_swinv2"]).height, train.parse_args(["--use_dino"]).width) == (256, 128)
+    # Classic command lines, verbatim: abbreviations (--batch, --total, --warm) and the loss options.
+    args = train.parse_args(["--warm_epoch", "5", "--stride", "1", "--erasing_p", "0.5", "--batchsize", "32", "--lr", "0.08", "--name", "x", "--instance", "--ins_gamma", "64", "--total", "100"])  # fmt: skip
+    assert args.instance and args.ins_gamma == 64 and args.total_epoch == 100
+    args = train.parse_args(
+        [
+            "--use_hr",
+            "--name",
+            "hr",
+            "--lr",
+            "0.01",
+            "--batch",
+            "16",
+            "--erasing_p",
+            "0.5",
+            "--circle",
+            "--warm",
+            "5",
+        ]
+    )
+    assert args.backbone == "hrnet_w18" and args.batchsize == 16 and args.circle and args.warm_epoch == 5
+    args = train.parse_args(
+        [
+            "--contrast",
+            "--sphere",
+            "--triplet",
+            "--lifted",
+            "--arcface",
+            "--cosface",
+            "--wa",
+            "--workers",
+            "2",
+        ]
+    )
+    assert args.contrast and args.sphere and args.triplet and args.lifted and args.arcface and args.cosface
+    assert args.wa and args.num_workers == 2
+
+
 def test_help():
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--help"], check=False, capture_output=True, text=True
     )
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    for option in ["--use_dense", "--PCB", "--fp16", "--bf16", "--warm_epoch", "--resume", "(default: 0.05)"]:
+    for option in [
+        "--use_dense",
+        "--PCB",
+        "--fp16",
+        "--bf16",
+        "--warm_epoch",
+        "--resume",
+        "(default: 0.05)",
+        "--use_swin",
+        "--ibn",
+        "--sampler",
+        "--neck",
+        "--triplet",
+        "--label_smoothing",
+        "--wa",
+    ]:
         assert option in text
 
 
@@ -407,7 +570,7 @@ def test_damaged_or_edited_files_are_one_line_errors(tiny_prepared, workdir):
     with pytest.raises(UserError, match=r"net_last.pth: cannot read it"):
         load_trained_model(run_dir)
     with pytest.raises(
-        UserError, match=r"--which_epoch 'best' is not an epoch number or last; .*one of: last"
+        UserError, match=r"--which_epoch 'best' is not an epoch number, last or average; .*one of: last"
     ):
         load_trained_model(run_dir, "best")
 
@@ -431,3 +594,39 @@ def test_random_states_restore_from_the_gpu():
     moved = {**states, "torch": states["torch"].cuda(), "cuda": [s.cuda() for s in states["cuda"]]}
     train.set_random_states(moved)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_every_classic_train_command_of_the_readme_parses_verbatim():
+    """The classic toolkit's published command lines (the README's results) run here as they are."""
+    results = (ROOT / "README.md").read_text().split("## Results")[1]
+    commands = re.findall(r"`python train\.py([^`;]*)[`;]", results)
+    assert len(commands) >= 20
+    for command in commands:
+        train.parse_args(command.split())  # exits with status 2 on an unknown option
+
+
+def test_a_run_saved_before_the_strong_options_resumes(tiny_prepared, workdir, monkeypatch):
+    real_run_epoch = train.run_epoch
+
+    def killed_in_epoch_1(*a, **kw):
+        if kw.get("desc", "").startswith("1/"):
+            raise KeyboardInterrupt
+        return real_run_epoch(*a, **kw)
+
+    monkeypatch.setattr(train, "run_epoch", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_prepared, "old", "--backbone", "resnet18", "--total_epoch", "2")
+    monkeypatch.setattr(train, "run_epoch", real_run_epoch)
+    # As an older train.py wrote them: none of the new options, no loss or average state.
+    opts = load_yaml(Path("model/old/opts.yaml"))
+    for key in ["sampler", "num_instances", "optimizer", "steps", "wa", "wa_decay", "label_smoothing", "triplet",
+                "triplet_weight", "center", "neck", "pool"]:  # fmt: skip
+        opts.pop(key)
+    for key in ["neck", "pool"]:
+        opts["model"].pop(key)
+    save_yaml(Path("model/old/opts.yaml"), opts)
+    state = torch.load("model/old/checkpoint.pth", weights_only=False)
+    del state["criterion"], state["ema"]
+    torch.save(state, "model/old/checkpoint.pth")
+    run_train(tiny_prepared, "old", "--resume")
+    assert Path("model/old/train.log").read_text().count("train loss") == 2
