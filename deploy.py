@@ -116,8 +116,10 @@ class OnnxFeatures:
             and "CUDAExecutionProvider" in ort.get_available_providers()
         ):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as PyTorch would use (torchrun: 1 each)
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime's own error types
             raise UserError(
                 f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]})"
@@ -130,6 +132,50 @@ class OnnxFeatures:
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self.session.run([OUTPUT], {INPUT: images.float().cpu().numpy()})[0]
+
+
+def available() -> bool:
+    """Whether the packages of export and onnxruntime are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def export_checked(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    path: str | Path,
+    provenance: dict,
+    images: list[Path],
+    n_query: int,
+    imagenet: bool = True,
+    flip: bool = True,
+    l2: bool = True,
+) -> dict:
+    """export_onnx, then check_parity on `images` (the first n_query are the queries): the parity, or
+    a UserError when it is over the tolerance (the file is then deleted)."""
+    from features import extract
+
+    export_onnx(model, config, path, provenance, imagenet, flip, l2)
+    size, cpu = (config.height, config.width), torch.device("cpu")
+    graph = FeatureGraph(model, imagenet, flip, l2)
+    torch_f = extract(graph, images, size, cpu, compute=lambda g, x: g(x), normalize=not imagenet)
+    onnx_f = extract(OnnxFeatures(path), images, size, cpu, compute=lambda o, x: o(x), normalize=not imagenet)
+    if not l2:  # rank by the direction of the features, as the evaluation of unit features does
+        torch_f, onnx_f = (
+            f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12) for f in (torch_f, onnx_f)
+        )
+    parity = check_parity(torch_f, onnx_f, n_query)
+    parity["summary"] = (
+        f"max |difference| {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:.0e}); top-10 rankings identical "
+        f"for {n_query - parity['rankings_differ']} of {n_query} queries (ties within the tolerance in any order)"
+    )
+    if parity["max_abs_diff"] > TOLERANCE or parity["rankings_differ"]:
+        Path(path).unlink()
+        raise UserError(
+            f"{path}: the ONNX features differ from PyTorch's ({parity['summary']}); the file is deleted"
+        )
+    return parity
 
 
 def check_parity(torch_f: np.ndarray, onnx_f: np.ndarray, n_query: int, top_k: int = 10) -> dict:

@@ -19,12 +19,9 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from data import list_images
-from deploy import TOLERANCE, FeatureGraph, OnnxFeatures, check_parity, export_onnx
-from features import add_trained_model_args, extract, provenance
+from deploy import export_checked
+from features import add_trained_model_args, provenance
 from model import checkpoint_path, load_opts, load_trained_model
 from utils import HelpFormatter, UserError, positive_int, run_main, setup_logging
 
@@ -80,30 +77,13 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     prov = provenance(run_dir, args.which_epoch, checkpoint, "")
-    export_onnx(model, config, output, prov, args.imagenet, args.flip, args.l2)
-    logger.info(
-        f"wrote {output} ({output.stat().st_size / 2**20:.1f} MB) in {time.perf_counter() - start:.1f} s"
-    )
-
-    size, cpu = (config.height, config.width), torch.device("cpu")
-    graph = FeatureGraph(model, args.imagenet, args.flip, args.l2)
-    torch_f = extract(graph, images, size, cpu, compute=lambda g, x: g(x), normalize=not args.imagenet)
-    onnx_f = extract(
-        OnnxFeatures(output), images, size, cpu, compute=lambda o, x: o(x), normalize=not args.imagenet
-    )
-    if not args.l2:  # rank by the direction of the features, as the evaluation of unit features does
-        torch_f, onnx_f = (
-            f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12) for f in (torch_f, onnx_f)
-        )
-    parity = check_parity(torch_f, onnx_f, n_query)
+    parity = export_checked(model, config, output, prov, images, n_query, args.imagenet, args.flip, args.l2)
+    seconds = time.perf_counter() - start
+    logger.info(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MB; export and check {seconds:.1f} s)")
     logger.info(
         f"parity with PyTorch on {n_query} query and {len(images) - n_query} gallery images of {check_dir}: "
-        f"max |difference| {parity['max_abs_diff']:.2e} (tolerance {TOLERANCE:.0e}); top-10 rankings "
-        f"identical for {n_query - parity['rankings_differ']} of {n_query} queries (ties within the tolerance in any order)"
+        f"{parity['summary']}"
     )
-    if parity["max_abs_diff"] > TOLERANCE or parity["rankings_differ"]:
-        output.unlink()
-        raise UserError(f"{output}: the ONNX features differ from PyTorch's (see above); the file is deleted")
 
 
 if __name__ == "__main__":

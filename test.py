@@ -5,10 +5,14 @@ person ids and cameras of `TEST_DIR/query` and `TEST_DIR/gallery` (and `multi-qu
 to a .mat file that the evaluate scripts read (default `pytorch_result.mat` in the current folder).
 The features are those of features.py: image + flipped image, at each scale of --ms, L2-normalised.
 
-`--backend onnxruntime` extracts with the ONNX model that export.py wrote for that checkpoint (or
-`--onnx FILE`) instead of PyTorch: the same features, to float rounding. Under torchrun each process
-extracts its share of the images (gloo on CPUs, NCCL on GPUs) and the first writes the one features
-file, the same as one process writes.
+What runs the model (`--backend`): on a GPU, PyTorch; on a CPU, onnxruntime, which bench/bench_cpu.py
+measured 2 to 3 times faster than PyTorch there, on the ONNX model of that checkpoint that export.py
+writes (`model/NAME/net_EPOCH.onnx`, or `--onnx FILE`). When that file is absent or was exported
+from an older checkpoint, test.py exports it first and checks it against PyTorch on the first test
+images; without the onnx packages, or with --ms, --fp16 or --bf16, PyTorch runs on the CPU too. The
+features are the same to float rounding, and the features file says which ran. Under torchrun each
+process extracts its share of the images (gloo on CPUs, NCCL on GPUs) and the first writes the one
+features file, the same as one process writes.
 
     python test.py --name ft_ResNet50 --test_dir ../Market/pytorch --which_epoch last --bf16
     torchrun --nproc_per_node=2 test.py --name ft_ResNet50 --test_dir ../Market/pytorch
@@ -65,9 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="what runs the model: PyTorch, or onnxruntime on the ONNX file of export.py",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the model: PyTorch, or onnxruntime on the ONNX file of export.py; auto: "
+        "onnxruntime on a CPU (the faster there) when it can, else PyTorch",
     )
     parser.add_argument(
         "--onnx", help="the ONNX file for --backend onnxruntime (default: model/NAME/net_EPOCH.onnx)"
@@ -103,19 +108,58 @@ def split_images(folder: Path, naming) -> tuple[list[Path], np.ndarray, np.ndarr
     return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
 
 
-def onnx_runner(args, run_dir: Path, checkpoint: Path, device):
-    """--backend onnxruntime: the exported model of `checkpoint`, the compute function of
-    features.extract, whether the graph normalises its input, and how the features file names it."""
-    from deploy import OnnxFeatures
+def choose_backend(args, device) -> str:
+    """--backend auto: onnxruntime on a CPU when its packages are installed and the run is what an
+    export computes (one scale, float32); PyTorch otherwise."""
+    from deploy import available
+
+    if args.backend != "auto":
+        return args.backend
+    plain = args.ms == "1" and not (args.fp16 or args.bf16)
+    return "onnxruntime" if device.type == "cpu" and plain and available() else "torch"
+
+
+def onnx_runner(args, model, config, run_dir: Path, checkpoint: Path, device, test_dir: Path, naming, logger):
+    """--backend onnxruntime: the exported model of `checkpoint` (exported first when --backend auto
+    finds none, or one of an older checkpoint), the compute function of features.extract, whether the
+    graph leaves the ImageNet normalisation outside, and the file; None when auto's export fails."""
+    from deploy import OnnxFeatures, export_checked
 
     path = Path(args.onnx or checkpoint.with_suffix(".onnx"))
+    sha = file_sha256(checkpoint)
+    exported = True
+    if args.backend == "auto" and not args.onnx and int(os.environ.get("RANK", "0")) == 0:
+        meta = OnnxFeatures(path).metadata if path.is_file() else {}
+        if meta.get("checkpoint_sha256") != sha:  # absent, or exported from an older checkpoint
+            query, _, _ = split_images(test_dir / "query", naming)
+            gallery, _, _ = split_images(test_dir / "gallery", naming)
+            prov = provenance(run_dir, args.which_epoch, checkpoint, "")
+            try:
+                parity = export_checked(
+                    model, config, path, prov, query[:32] + gallery[:128], len(query[:32])
+                )
+                logger.info(f"exported {path} for onnxruntime; against PyTorch: {parity['summary']}")
+            except UserError as err:  # a network the exporter cannot take: PyTorch runs it
+                logger.warning(f"warning: {err}; extracting with PyTorch")
+                exported = False
+    if dist.is_initialized():  # the other processes wait for the first one's export, and its outcome
+        outcome = [exported]
+        dist.broadcast_object_list(outcome, src=0)
+        exported = outcome[0]
+    if not exported:
+        return None
     runner = OnnxFeatures(path, device)
     meta = runner.metadata
     if meta.get("flip") != "in the graph" or meta.get("l2") != "in the graph":
+        if args.backend == "auto":  # an export made for an application that does these itself
+            logger.warning(
+                f"warning: {path} leaves the flip sum or the L2 normalisation out; extracting with PyTorch"
+            )
+            return None
         raise UserError(
             f"{path} leaves the flip sum or the L2 normalisation out; export it again without --no-flip/--no-l2"
         )
-    if meta.get("checkpoint_sha256") != file_sha256(checkpoint):
+    if meta.get("checkpoint_sha256") != sha:
         raise UserError(f"{path} was exported from another checkpoint than {checkpoint}; export it again")
     return runner, (lambda onnx, images: onnx(images)), meta["imagenet_normalisation"] == "outside", path
 
@@ -136,19 +180,22 @@ def main(argv=None) -> None:
     device = select_device(args.gpu_ids, logger)
     amp_dtype = run_precision(args, device, logger)
     checkpoint = checkpoint_path(run_dir, args.which_epoch)
-    compute, normalize, runner = None, True, f"{precision_name(amp_dtype)}"
-    if args.backend == "onnxruntime":
-        model, compute, normalize, onnx_file = onnx_runner(args, run_dir, checkpoint, device)
-        runner = f"float32, onnxruntime {onnx_file}"
-    else:
-        model = model.to(device, memory_format=torch.channels_last)
+    test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
+    naming = read_naming(test_dir)
     if world > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+    compute, normalize, runner = None, True, f"{precision_name(amp_dtype)}"
+    onnx = None
+    if choose_backend(args, device) == "onnxruntime":
+        onnx = onnx_runner(args, model, config, run_dir, checkpoint, device, test_dir, naming, logger)
+    if onnx is not None:
+        model, compute, normalize, onnx_file = onnx
+        runner = f"float32, onnxruntime {onnx_file}"
+    else:
+        model = model.to(device, memory_format=torch.channels_last)
 
-    test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
-    naming = read_naming(test_dir)
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
     extraction = f"image + flip, area scales {args.ms}, {config.height}x{config.width}, {runner}"
     start = time.perf_counter()

@@ -164,16 +164,18 @@ def select_device(gpu_ids: str, logger: logging.Logger | None = None):
     """Return the torch.device for `--gpu_ids` ("0", "0,1", "-1" = CPU).
 
     Without CUDA the run goes to the CPU with a one-line warning. Under torchrun each process uses
-    the GPU of its LOCAL_RANK.
+    the GPU of its LOCAL_RANK. A run on the CPU keeps its freed memory for reuse (keep_freed_memory).
     """
     import torch
 
     ids = [int(i) for i in str(gpu_ids).split(",") if i.strip() != ""]
     if not ids or ids[0] < 0:
+        keep_freed_memory()
         return torch.device("cpu")
     if not torch.cuda.is_available():
         if logger is not None:
             logger.warning("warning: CUDA is not available, running on the CPU (--gpu_ids -1 hides this)")
+        keep_freed_memory()
         return torch.device("cpu")
     if "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -183,6 +185,27 @@ def select_device(gpu_ids: str, logger: logging.Logger | None = None):
             "with torchrun --nproc_per_node=N (see the README)"
         )
     return torch.device("cuda", ids[0])
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc gives every freed block above 128 KiB (most activations) back at once, and the
+    next batch faults the pages in again: on a CPU, time spent in the kernel. The same settings as the
+    environment variables MALLOC_MMAP_THRESHOLD_=32 MiB (the largest glibc takes) and
+    MALLOC_TRIM_THRESHOLD_=1 GiB; bench/bench_cpu.py measures what they pay. Returns whether it could
+    (False where the C library is not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def num_workers(args, device) -> int:

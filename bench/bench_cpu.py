@@ -141,8 +141,7 @@ def measure(
         model,
         "--data",
         str(data),
-        "--extra",
-        extra,
+        f"--extra={extra}",  # one word: the options it holds start with --
     ]
     argv += ["--batches", str(args.batches)]
     os.environ.update(env or {})

@@ -117,3 +117,21 @@ def test_onnx_of_another_checkpoint_is_refused(tiny_prepared, in_trained):
     with pytest.raises(UserError, match="no such ONNX file; write it with export.py"):
         extract.main(["--name", "tiny", "--test_dir", str(tiny_prepared), "--gpu_ids", "-1", "--backend",
                       "onnxruntime", "--onnx", "absent.onnx"])  # fmt: skip
+
+
+def test_auto_backend_exports_for_the_checkpoint_or_runs_torch(tiny_prepared, in_trained, capsys):
+    # An export of another checkpoint where test.py looks: exported again, checked, then used.
+    config = ModelConfig(nclasses=4, backbone="resnet18", height=64, width=32)
+    export_onnx(build_model(config).eval(), config, Path("model/tiny/net_last.onnx"), PROVENANCE)
+    common = ["--name", "tiny", "--test_dir", str(tiny_prepared), "--gpu_ids", "-1"]
+    extract.main([*common, "--result_file", "auto.mat"])
+    out = capsys.readouterr().out
+    assert "exported model/tiny/net_last.onnx for onnxruntime; against PyTorch: max |difference|" in out
+    assert (
+        OnnxFeatures("model/tiny/net_last.onnx").metadata["checkpoint_sha256"]
+        == load_features("auto.mat")["checkpoint_sha256"]
+    )
+    assert load_features("auto.mat")["extraction"].endswith("onnxruntime model/tiny/net_last.onnx")
+    # What an export does not compute (several scales, bfloat16) runs on PyTorch.
+    extract.main([*common, "--ms", "1,0.9", "--result_file", "ms.mat"])
+    assert load_features("ms.mat")["extraction"] == "image + flip, area scales 1,0.9, 64x32, float32"

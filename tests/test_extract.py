@@ -45,7 +45,12 @@ def test_features_file(tiny_prepared, in_trained):
     assert feats["model"] == "model/tiny epoch last" and feats["model_epoch"] == "last"
     assert Path(feats["model_dir"]) == (in_trained / "model/tiny").resolve()
     assert feats["checkpoint_sha256"] == file_sha256(in_trained / "model/tiny/net_last.pth")
-    assert feats["extraction"] == "image + flip, area scales 1, 64x32, float32"
+    # test.py's default on a CPU: onnxruntime, on the ONNX model it exports first when it is absent.
+    assert (
+        feats["extraction"]
+        == "image + flip, area scales 1, 64x32, float32, onnxruntime model/tiny/net_last.onnx"
+    )
+    assert (in_trained / "model/tiny/net_last.onnx").is_file()
     assert "mquery_f" not in feats
 
 
