@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizer", default="sgd", choices=["sgd", "adam", "adamw"], help="sgd: Nesterov momentum 0.9"
     )
     parser.add_argument(
+        "--backbone_lr",
+        type=positive_float,
+        default=None,
+        help="the backbone's lr as a fraction of --lr; None: 0.1 from ImageNet weights (the classic "
+        "fine-tuning), 1 from scratch (BoT: 1 with Adam)",
+    )
+    parser.add_argument(
         "--total_epoch",
         type=positive_int,
         default=60,
@@ -195,16 +202,23 @@ def lr_factor(step: int, steps_per_epoch: int, args) -> float:
     return warm * decay
 
 
+def backbone_lr_scale(args) -> float:
+    """--backbone_lr, or its default: 0.1 for a backbone with ImageNet weights, else 1."""
+    scale = getattr(args, "backbone_lr", None)
+    return scale if scale is not None else 0.1 if args.pretrained else 1.0
+
+
 def make_optimizer(model: nn.Module, args, criterion: nn.Module | None = None) -> torch.optim.Optimizer:
     """--optimizer: SGD (Nesterov momentum 0.9), Adam or AdamW. The new head (and the loss's own
-    weights, e.g. ArcFace's) learns at lr, the backbone too when trained from scratch, but at 0.1 x lr
-    when it starts from ImageNet weights (fine-tuning). Frozen parameters (BNNeck's bias) are left out."""
+    weights, e.g. ArcFace's) learns at lr, the backbone at --backbone_lr x lr: by default the same when
+    trained from scratch, 0.1 x when it starts from ImageNet weights (fine-tuning). Frozen parameters
+    (BNNeck's bias) are left out."""
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     head = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
     head += list(criterion.parameters()) if criterion is not None else []
     groups = [
-        {"params": backbone, "lr": args.lr * (0.1 if args.pretrained else 1)},
+        {"params": backbone, "lr": args.lr * backbone_lr_scale(args)},
         {"params": head, "lr": args.lr},
     ]
     optimizer = getattr(args, "optimizer", "sgd")

@@ -81,9 +81,12 @@ WEIGHTS = SHARED / "weights/mobilenet_v2_imagenet_features.pth"
 # The training options of every model, then each model's own: how it starts and its learning rate.
 COMMON_ARGS = ["--train_all", "--batchsize", "32", "--erasing_p", "0.5", "--warm_epoch", "1", "--cosine",
                "--gpu_ids", "-1", "--no-progress"]  # fmt: skip
-# The bag of tricks, added to a model's options for its *_strong run.
-STRONG_ARGS = ["--sampler", "pk", "--num_instances", "4", "--neck", "bnneck", "--stride", "1",
-               "--label_smoothing", "0.1", "--triplet"]  # fmt: skip
+# The bag of tricks (Luo et al.'s BoT), added to a model's options for its *_strong run: Adam on every
+# layer, 16 identities x 4 images per batch, BNNeck, last stride 1, label smoothing, triplet and center
+# losses; warm-up, random erasing and the cosine decay are COMMON_ARGS'.
+STRONG_ARGS = ["--optimizer", "adam", "--backbone_lr", "1", "--batchsize", "64", "--sampler", "pk",
+               "--num_instances", "4", "--neck", "bnneck", "--stride", "1", "--label_smoothing", "0.1",
+               "--triplet", "--center"]  # fmt: skip
 MODELS = {
     "mobilenet_v2": ("ImageNet, fine-tuned", ["--backbone", "mobilenet_v2", "--lr", "0.05"]),
     "resnet50": (
@@ -92,11 +95,18 @@ MODELS = {
     ),
     "mobilenet_v2_strong": (
         "ImageNet, fine-tuned, strong recipe",
-        ["--backbone", "mobilenet_v2", "--lr", "0.05", *STRONG_ARGS],
+        ["--backbone", "mobilenet_v2", "--lr", "0.00035", *STRONG_ARGS],  # BoT's Adam lr
     ),
     "osnet_x1_0_strong": (
         "scratch, strong recipe",
-        ["--backbone", "osnet_x1_0", "--no-pretrained", "--lr", "0.05", *STRONG_ARGS],
+        [
+            "--backbone",
+            "osnet_x1_0",
+            "--no-pretrained",
+            "--lr",
+            "0.0015",
+            *STRONG_ARGS,
+        ],  # torchreid's for OSNet
     ),
 }
 DEFAULT_MODELS = ["mobilenet_v2", "resnet50"]  # the README's CUHK01 table

@@ -106,6 +106,13 @@ def test_optimizer_pretrained_backbone_at_tenth_of_lr():
     assert [g["lr"] for g in train.make_optimizer(net, scratch).param_groups] == pytest.approx([0.2, 0.2])
     assert groups[0]["nesterov"] and groups[0]["momentum"] == 0.9
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    bot = train.parse_args(
+        ["--lr", "0.00035", "--optimizer", "adam", "--backbone_lr", "1", "--backbone", "resnet18"]
+    )
+    adam = train.make_optimizer(net, bot)
+    assert isinstance(adam, torch.optim.Adam) and [g["lr"] for g in adam.param_groups] == pytest.approx(
+        [0.00035] * 2
+    )
 
 
 def test_random_erasing():
