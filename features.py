@@ -32,7 +32,7 @@ import numpy as np
 import scipy.io
 
 from data import ImageFiles, test_transform
-from utils import UserError, atomic_write, autocast, file_sha256
+from utils import UserError, atomic_write, autocast, file_sha256, precision_name
 
 # ----------------------------------------------------------------------------------------------------
 # Extraction.
@@ -110,6 +110,15 @@ KNOWN_KEYS = (
     {f"{s}_{field}" for s in SETS for field in ("f", "label", "cam")} | set(PATH_KEYS) | set(PROVENANCE_KEYS)
 )
 REDO = "run test.py to write it again"
+
+
+def extraction_name(scales, config, amp_dtype) -> str:
+    """How `extract` turns images into features, in words: the `extraction` of the provenance. Two
+    sets of features are comparable only when this and the checkpoint are the same."""
+    return (
+        f"image + flip, scales {','.join(f'{s:g}' for s in scales)}, {config.height}x{config.width}, "
+        f"{precision_name(amp_dtype)}"
+    )
 
 
 def provenance(run_dir: Path, which_epoch: str, checkpoint: Path, extraction: str) -> dict:

@@ -15,15 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import list_images, parse_name, read_naming
-from features import add_result_file_arg, add_trained_model_args, extract, provenance, save_features
+from data import image_labels, list_images, read_ids, read_naming
+from features import (
+    add_result_file_arg,
+    add_trained_model_args,
+    extract,
+    extraction_name,
+    provenance,
+    save_features,
+)
 from model import checkpoint_path, load_trained_model
 from utils import (
     HelpFormatter,
     UserError,
     add_device_args,
     num_workers,
-    precision_name,
     run_main,
     run_precision,
     select_device,
@@ -60,15 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def split_images(folder: Path, naming) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """The images of one prepared split, sorted, with their person ids and cameras (from their names)."""
+def split_images(folder: Path, naming, ids=None) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """The images of one prepared split, sorted, with their person ids and cameras (data.image_labels:
+    from their names, or their folders, through the table of ids of dataset.yaml)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; run prepare.py, or check --test_dir")
     paths = list_images(folder, recursive=True)
     if not paths:
         raise UserError(f"{folder}: no images in it; run prepare.py again")
     try:
-        pids, cams = zip(*(parse_name(p.name, naming) for p in paths))
+        pids, cams = zip(*(image_labels(p, naming, ids) for p in paths))
     except ValueError as err:
         raise UserError(f"{err}; prepare.py --naming must match the data") from None
     return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
@@ -89,17 +96,14 @@ def main(argv=None) -> None:
     model = model.to(device, memory_format=torch.channels_last)
 
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
-    naming = read_naming(test_dir)
+    naming, ids = read_naming(test_dir), read_ids(test_dir)
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
-    extraction = (
-        f"image + flip, scales {','.join(f'{s:g}' for s in args.scales)}, {config.height}x{config.width}, "
-        f"{precision_name(amp_dtype)}"
-    )
+    extraction = extraction_name(args.scales, config, amp_dtype)
     start = time.perf_counter()
     feats = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
     n_images = 0
     for key in splits:
-        paths, pids, cams = split_images(test_dir / SPLITS[key], naming)
+        paths, pids, cams = split_images(test_dir / SPLITS[key], naming, ids)
         feats[f"{key}_f"] = extract(
             model, paths, (config.height, config.width), device, amp_dtype, args.batchsize,
             num_workers(args, device), args.scales, args.progress, desc=SPLITS[key],
