@@ -165,6 +165,25 @@ def read_naming(prepared_dir: str | Path) -> re.Pattern:
     return naming_pattern(load_yaml(dataset_file)["naming"] if dataset_file.is_file() else "market")
 
 
+def naming_option(value: str | None, option: str = "--naming") -> tuple[re.Pattern | None, dict | None]:
+    """The naming and table of ids of an option that takes a NAMINGS key, a regular expression, or a
+    folder prepared by prepare.py (or its dataset.yaml), whose naming and ids it uses. None: none."""
+    if value is None:
+        return None, None
+    path = Path(value)
+    if path.is_dir() or (path.name == DATASET_FILE and path.is_file()):
+        folder = path if path.is_dir() else path.parent
+        if not (folder / DATASET_FILE).is_file():
+            raise UserError(
+                f"{option} {value}: a folder without {DATASET_FILE}; give a folder prepare.py wrote"
+            )
+        return read_naming(folder), read_ids(folder)
+    try:
+        return naming_pattern(value), None
+    except ValueError as err:
+        raise UserError(str(err).replace("--naming", option, 1)) from None
+
+
 def read_ids(prepared_dir: str | Path) -> dict[str, int] | None:
     """The table of ids prepare.py stored in `prepared_dir/dataset.yaml` (ids that are names), or None."""
     dataset_file = Path(prepared_dir) / DATASET_FILE
@@ -196,6 +215,39 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     for root, _, files in os.walk(folder, followlinks=True):
         found += [Path(root, name) for name in files if is_image(name) and not name.startswith(".")]
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def image_list(path: str | Path, option: str) -> list[Path]:
+    """The images a script is given with `option`: an image file; a folder (every image below it,
+    sorted, see list_images); or a text file listing image paths, one per line (relative paths are
+    relative to the list's folder; blank lines and lines starting with # are skipped). A missing
+    path, a listed file that is missing, or no image at all is a UserError naming `option`."""
+    path = Path(path)
+    if path.is_dir():
+        images = list_images(path, recursive=True)
+        if not images:
+            raise UserError(f"{option} {path}: no images in this folder or below it")
+        return images
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such image, folder or list of images")
+    if is_image(path):
+        return [path]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{option} {path}: not an image, and not a readable list of images ({err})") from None
+    images = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        image = path.parent / line  # an absolute line stays absolute
+        if not image.is_file():
+            raise UserError(f"{option} {path} line {number}: {image}: no such image; fix the list")
+        images.append(image)
+    if not images:
+        raise UserError(f"{option} {path}: the list names no images")
+    return images
 
 
 def load_image(path: str | Path):
