@@ -48,6 +48,7 @@ from features import (
 )
 from gallery import (
     FALSE_MATCH_RATE,
+    add_answer_args,
     describe_calibration,
     is_match,
     roc_table,
@@ -96,13 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--heatmap", metavar="PATH", help="activation heatmap of this image, or of each image of a folder"
     )
     add_result_file_arg(parser)
-    parser.add_argument("--top_k", type=int, default=10, help="ranked gallery images to draw")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        metavar="D",
-        help="rankings answer 'no match' when the best distance is above D (see --plot_distances)",
-    )
+    add_answer_args(parser, "--plot_distances suggests one")
     parser.add_argument(
         "--output",
         help="PNG to write; default demo.png, distances.png with --plot_distances, heatmap.png with "
@@ -111,8 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_trained_model_args(parser)  # for --query_image and --heatmap
     add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top_k {args.top_k}: give at least 1")
     if args.output is None:
         args.output = (
             "distances.png" if args.plot_distances else "heatmap.png" if args.heatmap else "demo.png"

@@ -198,6 +198,20 @@ def check_comparable(feats: dict, reference: dict, where: str) -> str:
 # Search.
 
 
+def add_answer_args(parser, threshold_default: str) -> None:
+    """--top_k and --threshold: how many ranked gallery images, and the "no match" threshold (demo.py,
+    search.py). `threshold_default` says what happens without --threshold."""
+    from utils import at_least_one
+
+    parser.add_argument("--top_k", type=at_least_one, default=10, help="ranked gallery images per query")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="D",
+        help=f"answer 'no match' when the best distance is above D; {threshold_default}",
+    )
+
+
 def search(
     q_f: np.ndarray, parts: list[np.ndarray], k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 from data import image_labels, image_list, naming_option, naming_pattern
 from features import add_trained_model_args, load_for_extraction
 from gallery import INDEX_FILE, UNKNOWN, add_part, check_comparable, create_index, new_meta, open_index
-from utils import HelpFormatter, UserError, add_device_args, run_main, setup_logging
+from utils import HelpFormatter, UserError, add_device_args, at_least_one, run_main, setup_logging
 
 SHOWN = 3  # file names an error lists
 
@@ -44,13 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "the groups pid and/or cam (see the README), or a folder prepared by prepare.py (its naming and "
         "ids); none: the images are unlabelled",
     )
-    group.add_argument("--batchsize", type=int, default=64, help="images per forward pass")
+    group.add_argument("--batchsize", type=at_least_one, default=64, help="images per forward pass")
     add_trained_model_args(parser)
     add_device_args(parser)
-    args = parser.parse_args(argv)
-    if args.batchsize < 1:
-        parser.error(f"--batchsize {args.batchsize}: give at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def image_labels_of(paths: list[Path], naming, ids) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from data import image_labels, image_list, load_image, naming_pattern
 from features import add_trained_model_args, load_for_extraction
-from gallery import check_comparable, is_match, open_index, search
+from gallery import add_answer_args, check_comparable, is_match, open_index, search
 from pages import Thumbnails, contact_sheet, match_kinds, search_page, write_folder
 from utils import HelpFormatter, UserError, add_device_args, run_main, setup_logging
 
@@ -53,20 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument(
         "--query", required=True, metavar="PATH", help="an image, a folder (every image below it), or a list"
     )
-    group.add_argument("--top_k", type=int, default=10, help="results per query")
-    group.add_argument(
-        "--threshold",
-        type=float,
-        metavar="D",
-        help="answer 'no match' when the best distance is above D; default: the index's calibrated one",
-    )
+    add_answer_args(group, "without it, the threshold calibrate.py stored in the index, if any")
     group.add_argument("--output", default="search_results", help="the folder to write the results to")
     add_trained_model_args(parser)
     add_device_args(parser)
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top_k {args.top_k}: give at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def threshold_of(args, index, logger) -> tuple[float | None, str | None]:

@@ -293,3 +293,21 @@ def test_help_of_the_new_scripts():
         assert run.returncode == 0, run.stderr
         for option in options:
             assert option in run.stdout, (script, option)
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        (search, ["--query", "x.jpg", "--top_k", "0"], "argument --top_k: 0: give at least 1"),
+        (index_script, ["--images", "x", "--batchsize", "-2"], "argument --batchsize: -2: give at least 1"),
+        (
+            index_script,
+            ["--images", "x", "--batchsize", "two"],
+            "argument --batchsize: 'two' is not a whole number",
+        ),
+    ],
+)
+def test_counts_are_checked_by_argparse(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
