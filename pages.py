@@ -34,7 +34,7 @@ DISTANCE_NAME = "distance |q - g| of unit features = sqrt(2 - 2 cos)"
 FRAME_LEGEND = "green = same person (another camera), red = different person, grey = junk (ignored)"
 UNKNOWN_LEGEND = "blue = gallery image (the query's identity is unknown)"
 DPI = 100
-THUMB_HEIGHT = 128  # pixels; wide images are cut to THUMB_HEIGHT wide
+THUMB_HEIGHT = 128  # pixels; images wider than tall are squeezed to THUMB_HEIGHT wide
 MARKER = "ABOUT.txt"  # the first line of this file marks a results folder as ours (see write_folder)
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,12 +125,13 @@ def calibration_figure(best: dict, calibration: dict, title: str) -> Figure:
     hist.set_title(title, fontsize=10)
     hist.legend(fontsize=8)
     curve = rates_at(best, np.unique(both))
-    roc.plot(np.maximum(curve["false_match"], 1e-4), curve["true_match"], color="black")
-    roc.plot([calibration["false_match_rate"]], [calibration["true_match_rate"]], "o", color="black")
+    lowest = 0.5 / max(1, len(impostor))  # a rate of 0 is drawn here, at the left edge of the log axis
+    roc.plot(np.maximum(curve["false_match"], lowest), curve["true_match"], color="black")
+    roc.plot(max(calibration["false_match_rate"], lowest), calibration["true_match_rate"], "o", color="black")
     roc.set_xscale("log")
-    roc.set_xlim(min(1e-2, 1 / max(2, len(impostor))), 1)
-    roc.set_ylim(0, 1)
-    roc.set_xlabel("false-match rate (absent people answered 'match')")
+    roc.set_xlim(lowest, 1)
+    roc.set_ylim(0, 1.02)
+    roc.set_xlabel("false-match rate: absent people answered 'match' (0: left edge)")
     roc.set_ylabel("true-match rate (a true match first, within)")
     roc.grid(True, alpha=0.3)
     fig.tight_layout()
