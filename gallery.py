@@ -360,3 +360,51 @@ def roc_table(best: dict, rates=ROC_RATES) -> str:
             f"{got['answered']:>9.2%}"
         )
     return "\n".join(rows)
+
+
+def halve(feats: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    """A random halving of a labelled test set (query and gallery keys of a features file) by identity:
+    two sets with the queries and gallery images of half the query identities each; distractors, junk
+    and gallery identities without a query are shared out at random, so both galleries are about as big."""
+    ids = np.unique(feats["query_label"])
+    a_ids = rng.permutation(ids)[: len(ids) // 2]
+    q_in_a = np.isin(feats["query_label"], a_ids)
+    g_label = feats["gallery_label"]
+    g_in_a = np.isin(g_label, a_ids) | (~np.isin(g_label, ids) & (rng.random(len(g_label)) < 0.5))
+
+    def part(q, g):
+        out = {f"query_{k}": feats[f"query_{k}"][q] for k in ("f", "label", "cam")}
+        out.update({f"gallery_{k}": feats[f"gallery_{k}"][g] for k in ("f", "label", "cam")})
+        return out
+
+    return part(q_in_a, g_in_a), part(~q_in_a, ~g_in_a)
+
+
+def held_out_check(feats: dict, rate: float, splits: int, seed: int = 0):
+    """Does the threshold hold on people it was not calibrated on? For each of `splits` random halvings
+    (halve) of the test set `feats`: calibrate on half A, measure on half B. Yields (a, b, calibration
+    on A, rates_at of B at that threshold, best_distances of B). Needs two query identities or more."""
+    rng = np.random.default_rng(seed)
+    for _ in range(splits):
+        a, b = halve(feats, rng)
+        calibration = calibrate(features_best_distances(a), rate)
+        best_b = features_best_distances(b)
+        held_out = {key: float(value) for key, value in rates_at(best_b, calibration["threshold"]).items()}
+        yield a, b, calibration, held_out, best_b
+
+
+def describe_held_out(rates: list[dict], rate: float, n_ids: int) -> str:
+    """The lines calibrate.py prints about held_out_check's results (`rates`: the held-out rates)."""
+    false_match = np.array([r["false_match"] for r in rates])
+    true_match = np.array([r["true_match"] for r in rates])
+    line = (
+        f"held-out check, {len(rates)} random halvings of the {n_ids} test identities (calibrated on one half, "
+        f"measured on the other): false-match rate mean {false_match.mean():.1%}, from {false_match.min():.1%} "
+        f"to {false_match.max():.1%}; true-match rate mean {true_match.mean():.1%}"
+    )
+    if np.abs(false_match - rate).max() > 0.02:
+        line += (
+            f"\nnote: on people it was not calibrated on, the false-match rate strays more than 2 points from "
+            f"{rate:.1%}: the test set has too few identities to pin it; calibrate on more people"
+        )
+    return line

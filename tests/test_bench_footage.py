@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_search
 import bench_threshold
+import gallery
 from common import shell_commands
 
 SHORT = {
@@ -40,7 +41,7 @@ def features_file(seed: int = 0) -> dict:
 
 def test_halves_are_disjoint_and_cover_the_test_set():
     feats = features_file()
-    a, b = bench_threshold.halve(feats, np.random.default_rng(0))
+    a, b = gallery.halve(feats, np.random.default_rng(0))
     assert not set(a["query_label"]) & set(b["query_label"])
     assert len(a["query_f"]) + len(b["query_f"]) == 40 and len(a["query_f"]) == 20
     assert len(a["gallery_f"]) + len(b["gallery_f"]) == len(feats["gallery_f"])
@@ -50,15 +51,21 @@ def test_halves_are_disjoint_and_cover_the_test_set():
 def test_measure_calibrates_on_one_half_and_measures_the_other():
     feats = features_file()
     noise = clustered(5, 1, 99)[0]
-    run = bench_threshold.measure(feats, noise, 0.05, np.random.default_rng(1))
+    [run] = bench_threshold.measure(feats, noise, 0.05, 1, 1)
     assert run["n_query"] == (20, 20)
-    assert 0 <= run["held_out"]["false_match"] <= 1 and 0 <= run["noise"] <= 1
+    assert (
+        0 <= run["held_out"]["false_match"] <= 1 and 0 <= run["noise"] <= 1 and 0 <= run["noise_people"] <= 1
+    )
     assert run["calibration"]["false_match_rate"] <= 0.05
     # The pair statistic accepts far more absent people: 5% of pairs is a loose threshold for a best distance.
     assert (
         run["pair"]["threshold"] > run["threshold"]
         and run["pair"]["held_out"] > run["held_out"]["false_match"]
     )
+    rates = [r for *_, r, _ in gallery.held_out_check(feats, 0.05, 3, seed=1)]
+    assert rates[0] == run["held_out"]  # the same halving from the same seed
+    line = gallery.describe_held_out(rates, 0.05, 40)
+    assert line.startswith("held-out check, 3 random halvings of the 40 test identities")
 
 
 def test_bench_threshold_short_run(monkeypatch, tmp_path, capsys):
@@ -66,9 +73,11 @@ def test_bench_threshold_short_run(monkeypatch, tmp_path, capsys):
         return [argv + SHORT.get(argv[0], []) for argv in shell_commands(text, prefix)]
 
     monkeypatch.setattr(bench_threshold, "shell_commands", commands)
-    runs = bench_threshold.main(["--splits", "2", "--noise", "4", "--keep", str(tmp_path / "run")])
+    runs = bench_threshold.main(
+        ["--splits", "2", "--noise", "4", "--test_ids", "6", "--keep", str(tmp_path / "run")]
+    )
     out = capsys.readouterr().out
-    assert out.startswith("$ python bench/bench_threshold.py --splits 2 --noise 4 --keep")
+    assert out.startswith("$ python bench/bench_threshold.py --splits 2 --noise 4 --test_ids 6 --keep")
     assert len(runs) == 2 and "split  2:" in out and "the old pair threshold" in out
     assert "noise images answered 'match' (4 per split)" in out and "machine:" in out
     assert (tmp_path / "run" / "model" / "quickstart" / "net_last.pth").is_file()

@@ -220,3 +220,14 @@ def test_threshold_rule_hand_case():
     assert gallery.is_match(0.45, 0.45) and not gallery.is_match(0.4500001, 0.45)
     table = gallery.roc_table(best, rates=(0.25, 0.5)).splitlines()
     assert table[1].split() == ["25.0%", "0.3250", "25.00%", "33.33%", "66.67%"]
+
+
+def test_held_out_note_when_the_rate_strays():
+    steady = [{"false_match": 0.012, "true_match": 0.5}, {"false_match": 0.004, "true_match": 0.4}]
+    assert "note" not in gallery.describe_held_out(steady, 0.01, 500)
+    assert (
+        "false-match rate mean 0.8%, from 0.4% to 1.2%; true-match rate mean 45.0%"
+        in gallery.describe_held_out(steady, 0.01, 500)
+    )
+    stray = [*steady, {"false_match": 0.127, "true_match": 0.6}]
+    assert "strays more than 2 points from 1.0%" in gallery.describe_held_out(stray, 0.01, 100)

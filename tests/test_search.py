@@ -210,6 +210,9 @@ def test_calibrated_threshold_answers_no_match_for_noise(work, tiny_prepared, ca
     out = capsys.readouterr().out
     assert f"stored threshold {calibration['threshold']:.4f} in idx: search.py uses it" in out
     assert out.splitlines()[0].split()[:2] == ["target", "threshold"] and Path("cal.png").is_file()
+    assert "held-out check, 20 random halvings of the 4 test identities" in out
+    again = calibrate.main(["--result_file", "test.mat", "--check_splits", "0", "--output", "cal.png"])
+    assert again == calibration and "held-out" not in capsys.readouterr().out
     stored = gallery.open_index("idx").meta["threshold"]
     assert stored["threshold"] == calibration["threshold"] and stored["gallery_size"] == 8
     queries = work / "queries"
