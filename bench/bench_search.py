@@ -6,7 +6,7 @@
    one run that brings the file into the page cache) and of 100 queries at once, and checks the top 10
    against a brute-force full sort. It prints the size on disk, the time to open, the latencies and the
    child's peak memory while searching (taken before the check), which includes the index pages the
-   search has read (file pages the OS can drop).
+   search has read (file pages the OS can drop), and the process's own memory (RssAnon) after it.
 2. Indexing (--crops crops, default 10,000; 0 skips it): synthetic crops (tools/synthetic.py) and an
    untrained --backbone at --height x --width (its weights do not change the speed), saved as
    model/bench; then `python index.py` indexes them in a child process, timed whole (start-up, model,
@@ -87,10 +87,13 @@ def child(index_dir: str, repeat: int) -> None:
     found, _ = gallery.search(queries, index.parts, K)
     batch_s = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check's full matrix
+    status = Path("/proc/self/status")
+    anon = next((int(line.split()[1]) / 1024 for line in status.read_text().splitlines()
+                 if line.startswith("RssAnon:")), float("nan")) if status.is_file() else float("nan")  # fmt: skip
     dist = np.concatenate([-(queries[:5] @ part.T) for part in index.parts], axis=1)  # brute force: every
     assert (found[:5] == np.argsort(dist, axis=1, kind="stable")[:, :K]).all()  # distance of 5, sorted
     report(open_s=open_s, single_ms=1000 * float(np.median(single)), batch_s=batch_s, size=index.size,
-           search_peak_mb=peak)  # fmt: skip
+           search_peak_mb=peak, anon_mb=anon)  # fmt: skip
 
 
 def index_crops(work: Path, args) -> dict:
@@ -151,7 +154,8 @@ def main(argv=None) -> None:
             f"{1000 * result['open_s']:.1f} ms; top {K} of 1 query: {result['single_ms']:.1f} ms (median of "
             f"{args.repeat}); top {K} of 100 queries at once: {result['batch_s']:.2f} s "
             f"({1000 * result['batch_s'] / 100:.1f} ms per query); peak memory while searching "
-            f"{result['search_peak_mb']:.0f} MB (the index pages read included); exact: equal to a full sort"
+            f"{result['search_peak_mb']:.0f} MB resident (the index pages read included: file cache the OS can drop), "
+            f"{result['anon_mb']:.0f} MB of the process's own (RssAnon, after the searches); exact: equal to a full sort"
         )
         if args.crops:
             crops = index_crops(work, args)

@@ -153,7 +153,7 @@ def test_index_refusals_are_one_line(work, tiny_prepared, capsys):
 def test_search_json_and_csv_on_a_tiny_index_with_a_known_answer(work, tiny_prepared, capsys):
     index_script.main(["--images", str(tiny_prepared / "gallery"), "--index", "idx", *MODEL])  # unlabelled
     target = sorted((tiny_prepared / "gallery").glob("*/*.jpg"))[5]
-    query = work / "queries" / "copy of it.jpg"  # the same pixels under another name: distance 0
+    query = work / "queries" / "copy <of> \"it\" &amp; 'more'.jpg"  # the same pixels, another name: distance 0
     query.parent.mkdir()
     shutil.copyfile(target, query)
     results = search.main(["--index", "idx", "--query", str(query.parent), "--top_k", "3", "--threshold", "0.1",
