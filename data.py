@@ -3,12 +3,19 @@ transforms, and the identity-balanced sampler.
 
 - Naming: a person re-ID image file name encodes the person id and the camera, e.g. Market-1501's
   `0002_c1s1_000451_03.jpg` is person 2 seen by camera 1. `parse_name` reads both with one regular
-  expression (a *naming*, with the named groups `pid` and `cam`); prepare.py, test.py and demo.py all
-  use it, so labels and cameras can never disagree between scripts. prepare.py stores the naming it
-  used in `dataset.yaml` next to the splits it writes, where `read_naming` finds it again.
+  expression (a *naming*, with the named groups `pid` and `cam`); prepare.py, test.py, index.py and
+  demo.py all use it, so labels and cameras can never disagree between scripts. prepare.py stores the
+  naming it used in `dataset.yaml` next to the splits it writes, where `read_naming` finds it again.
+- Own data (`image_labels`): a naming may leave out either group. Without `pid`, the id is the name
+  of the folder holding the image (prepare.py's "one folder per identity" layout). Without `cam`, the
+  dataset is camera-less: each image counts as seen by a camera of its own (`own_camera`), so the
+  Market-1501 rule, unchanged, excludes only the query's own image and makes every other image of the
+  same id a true match. Ids that are names (`alice_cam1_0001.jpg`) are numbered once, by prepare.py
+  (`number_ids`), and the table is stored in dataset.yaml (`read_ids`).
 - Images: `list_images` (one folder, or a folder and its subfolders), `load_image` (any file Pillow
-  reads, as RGB), the train and test transforms, and two datasets for torch's DataLoader:
-  `image_folder` (one class per identity folder, for training) and `ImageFiles` (a list of files).
+  reads, as 8-bit RGB: 16-bit grey scaled, transparency laid over the mean colour, EXIF rotation
+  applied), the train and test transforms, and two datasets for torch's DataLoader: `image_folder`
+  (one class per identity folder, for training) and `ImageFiles` (a list of files).
 - Sampling: `PKSampler`, the identity-balanced batches of metric learning (P identities x K images),
   and its options (`add_sampler_options`); the default is torch's plain random order.
 
@@ -16,6 +23,7 @@ This module imports torch and torchvision only inside the functions that need th
 starts fast.
 """
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -25,7 +33,8 @@ from utils import UserError, load_yaml
 # ----------------------------------------------------------------------------------------------------
 # Naming: one parser for every dataset.
 
-# Each pattern has the named groups `pid` (person id) and `cam` (camera), read as integers.
+# Each pattern has the named groups `pid` (person id) and `cam` (camera); see image_labels for namings
+# that leave one out.
 NAMINGS = {
     # Market-1501 `0002_c1s1_000451_03.jpg` (-1 = junk, 0000 = distractor), DukeMTMC-reID
     # `0005_c2_f0046985.jpg`, CUHK03-NP `0001_c1_1.png`; any number of camera digits.
@@ -35,14 +44,18 @@ NAMINGS = {
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DATASET_FILE = "dataset.yaml"  # written by prepare.py next to the splits
+GROUPS = ("pid", "cam")
 
 
-def naming_pattern(naming: str | re.Pattern) -> re.Pattern:
+def naming_pattern(naming: str | re.Pattern | None) -> re.Pattern:
     """Compile a naming: a key of NAMINGS, a regular expression or an already compiled pattern.
 
-    The expression must have the named groups `pid` and `cam`; raise ValueError saying what is wrong
-    for an invalid expression or a missing group.
+    The expression has the named groups `pid` and `cam`, or one of them (see image_labels), and no
+    other named group; raise ValueError saying what is wrong. None, or "", is the naming of a
+    camera-less dataset whose ids are folder names: the empty pattern.
     """
+    if naming is None:
+        return re.compile("")
     if isinstance(naming, re.Pattern):
         pattern = naming
     else:
@@ -50,11 +63,12 @@ def naming_pattern(naming: str | re.Pattern) -> re.Pattern:
             pattern = re.compile(NAMINGS.get(naming, naming))
         except re.error as err:
             raise ValueError(f"--naming {naming!r} is not a valid regular expression: {err}") from None
-    missing = [group for group in ("pid", "cam") if group not in pattern.groupindex]
-    if missing:
+    other = sorted(set(pattern.groupindex) - set(GROUPS))
+    if other or not (set(GROUPS) & set(pattern.groupindex) or pattern.pattern == ""):
+        found = f"has the named group {other[0]!r}" if other else "has no named group pid or cam"
         raise ValueError(
-            f"--naming {pattern.pattern!r} has no named group {' or '.join(missing)}: give one of "
-            f"{sorted(NAMINGS)} or a regular expression with the named groups (?P<pid>...) and (?P<cam>...)"
+            f"--naming {pattern.pattern!r} {found}: give one of {sorted(NAMINGS)} or a regular expression "
+            "with the named groups (?P<pid>...) and (?P<cam>...) (or one of them; see the README)"
         )
     return pattern
 
@@ -72,26 +86,111 @@ def match_name(filename: str, naming: str | re.Pattern = "market") -> re.Match:
     return match
 
 
+def own_camera(filename: str) -> int:
+    """The camera of an image of a camera-less dataset: one of its own, a number from 1 to 2**48 made
+    from its file name. The query's own image (the same file name under the same id) is then
+    "same id, same camera", which the Market-1501 rule ignores; every other image of the id is a match."""
+    digest = hashlib.blake2b(os.path.basename(filename).encode(), digest_size=6).digest()
+    return 1 + int.from_bytes(digest, "big")
+
+
+def id_text(path: str | Path, naming: str | re.Pattern | None = "market") -> str:
+    """The person id of an image as written: the naming's `pid` group, or else its folder's name."""
+    pattern = naming_pattern(naming)
+    return _id_text(match_name(str(path), pattern), path)
+
+
+def _id_text(match: re.Match, path: str | Path) -> str:
+    return match["pid"] if "pid" in match.re.groupindex else Path(path).parent.name
+
+
+def image_labels(
+    path: str | Path, naming: str | re.Pattern | None = "market", ids: dict[str, int] | None = None
+) -> tuple[int, int]:
+    """Return (person id, camera) of an image file; raise ValueError if its name doesn't give them.
+
+    The id is the naming's `pid` group, or, when the naming has none, the name of the folder holding
+    the image; with `ids` (the table of a dataset whose ids are names, see number_ids) it is looked up
+    there, else read as an integer. The camera is the `cam` group as an integer, or, when the naming
+    has none, `own_camera` (camera-less).
+    """
+    pattern = naming_pattern(naming)
+    name = os.path.basename(path)
+    match = match_name(name, pattern)
+    text = _id_text(match, path)
+    if ids is not None and text not in ids:
+        raise ValueError(
+            f"{name}: id {text!r} is not in the table of ids of dataset.yaml; run prepare.py again"
+        )
+    pid = ids[text] if ids is not None else _integer(text)
+    cam = own_camera(name) if "cam" not in pattern.groupindex else _integer(match["cam"])
+    if pid is None or cam is None:
+        shown = match["cam"] if "cam" in pattern.groupindex else None
+        raise ValueError(
+            f"{name}: the naming {pattern.pattern!r} reads pid {text!r} and cam {shown!r}, which must be "
+            "integers (prepare.py numbers ids that are names)"
+        )
+    return pid, cam
+
+
+def _integer(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def parse_name(filename: str, naming: str | re.Pattern = "market") -> tuple[int, int]:
     """Return (person id, camera) from an image file name; raise ValueError if it doesn't match.
 
     `naming` is a key of NAMINGS, a regular expression or a compiled pattern (see naming_pattern). It
     is searched in the base name, so anchor custom expressions with `^` to match from the start.
+    The naming must have the `pid` group (see image_labels for ids given by folders).
     """
-    match = match_name(filename, naming)
-    try:
-        return int(match["pid"]), int(match["cam"])
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{os.path.basename(filename)}: the naming {match.re.pattern!r} reads pid {match['pid']!r} "
-            f"and cam {match['cam']!r}, which must be integers"
-        ) from None
+    pattern = naming_pattern(naming)
+    if "pid" not in pattern.groupindex:
+        raise ValueError(f"--naming {pattern.pattern!r} has no named group pid: the ids are folder names")
+    return image_labels(os.path.basename(filename), pattern)
+
+
+def number_ids(texts) -> dict[str, int] | None:
+    """The table of ids of a dataset whose ids are names: each distinct text -> 1, 2, ... in sorted
+    order. None when every id is an integer: those are the ids (Market-1501's -1 junk, 0 distractor)."""
+    texts = sorted(set(texts))
+    if all(_integer(text) is not None for text in texts):
+        return None
+    return {text: i for i, text in enumerate(texts, start=1)}
 
 
 def read_naming(prepared_dir: str | Path) -> re.Pattern:
     """The naming prepare.py stored in `prepared_dir/dataset.yaml`; Market-1501's without that file."""
     dataset_file = Path(prepared_dir) / DATASET_FILE
     return naming_pattern(load_yaml(dataset_file)["naming"] if dataset_file.is_file() else "market")
+
+
+def naming_option(value: str | None, option: str = "--naming") -> tuple[re.Pattern | None, dict | None]:
+    """The naming and table of ids of an option that takes a NAMINGS key, a regular expression, or a
+    folder prepared by prepare.py (or its dataset.yaml), whose naming and ids it uses. None: none."""
+    if value is None:
+        return None, None
+    path = Path(value)
+    if path.is_dir() or (path.name == DATASET_FILE and path.is_file()):
+        folder = path if path.is_dir() else path.parent
+        if not (folder / DATASET_FILE).is_file():
+            raise UserError(
+                f"{option} {value}: a folder without {DATASET_FILE}; give a folder prepare.py wrote"
+            )
+        return read_naming(folder), read_ids(folder)
+    try:
+        return naming_pattern(value), None
+    except ValueError as err:
+        raise UserError(str(err).replace("--naming", option, 1)) from None
+
+
+def read_ids(prepared_dir: str | Path) -> dict[str, int] | None:
+    """The table of ids prepare.py stored in `prepared_dir/dataset.yaml` (ids that are names), or None."""
+    dataset_file = Path(prepared_dir) / DATASET_FILE
+    return (load_yaml(dataset_file).get("ids") if dataset_file.is_file() else None) or None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,17 +220,76 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
+def image_list(path: str | Path, option: str) -> list[Path]:
+    """The images a script is given with `option`: an image file; a folder (every image below it,
+    sorted, see list_images); or a text file listing image paths, one per line (relative paths are
+    relative to the list's folder; blank lines and lines starting with # are skipped). A missing
+    path, a listed file that is missing, or no image at all is a UserError naming `option`."""
+    path = Path(path)
+    if path.is_dir():
+        images = list_images(path, recursive=True)
+        if not images:
+            raise UserError(f"{option} {path}: no images in this folder or below it")
+        return images
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such image, folder or list of images")
+    if is_image(path):
+        return [path]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{option} {path}: not an image, and not a readable list of images ({err})") from None
+    images = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        image = path.parent / line  # an absolute line stays absolute
+        if not image.is_file():
+            raise UserError(f"{option} {path} line {number}: {image}: no such image; fix the list")
+        images.append(image)
+    if not images:
+        raise UserError(f"{option} {path}: the list names no images")
+    return images
+
+
 def load_image(path: str | Path):
-    """Open an image as RGB; a file Pillow cannot read is a UserError naming it."""
+    """Open an image as 8-bit RGB; a file Pillow cannot read is a UserError naming it. See to_rgb."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except Image.DecompressionBombError as err:  # more pixels than Pillow's safety limit
         raise UserError(f"{path}: too large to read safely ({err}); crop or shrink the image") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read the image ({err}); replace or remove the file") from None
+
+
+def to_rgb(img):
+    """A PIL image of any mode as 8-bit RGB, upright.
+
+    - EXIF orientation (photos from phones) is applied.
+    - Grey images of more than 8 bits (16-bit PNG or TIFF: modes I;16, I;16B, I) are scaled from
+      0..65535 to 0..255; Pillow alone clips them, so almost every pixel turns white.
+    - Transparency (RGBA, LA, PA, or a palette or grey image with a transparent colour) is laid over
+      the ImageNet mean colour, which normalisation turns into zeros (as padding would); dropping the
+      alpha channel would show whatever colour the hidden pixels hold.
+    - Palette, CMYK, YCbCr, 1-bit, float and the other modes: Pillow's conversion.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # I;16, I;16L, I;16B, I;16N, I (32-bit integers)
+        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
+        img = Image.fromarray(np.round(grey).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        mean = tuple(round(255 * m) for m in IMAGENET_MEAN)
+        background = Image.new("RGBA", rgba.size, (*mean, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,12 +27,13 @@ This module imports torch only inside the extraction functions, so the evaluate 
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.io
 
 from data import ImageFiles, test_transform
-from utils import UserError, atomic_write, autocast, file_sha256
+from utils import UserError, atomic_write, autocast, file_sha256, precision_name
 
 # ----------------------------------------------------------------------------------------------------
 # Extraction.
@@ -103,6 +104,44 @@ def extract(
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
+class TrainedModel(NamedTuple):
+    """A trained model ready to extract features (`load_for_extraction`)."""
+
+    model: object  # the network, in eval mode, on `device`
+    input_size: tuple[int, int]  # (height, width)
+    device: object  # torch.device
+    amp_dtype: object  # the autocast dtype, or None for float32
+    num_workers: int
+    provenance: dict  # the provenance keys of the features it extracts at scale 1
+
+    def extract(
+        self, paths: list[Path], batchsize: int, progress: bool, desc: str = "", compute=None
+    ) -> np.ndarray:
+        """`extract` with this model: features (N, D) at scale 1, or `compute(model, images)`."""
+        return extract(self.model, paths, self.input_size, self.device, self.amp_dtype, batchsize,
+                       self.num_workers, progress=progress, desc=desc, compute=compute)  # fmt: skip
+
+
+def load_for_extraction(args, logger) -> TrainedModel:
+    """The trained model model/NAME of `--name` and `--which_epoch` (add_trained_model_args), on the
+    device and precision of the device options (utils.add_device_args): demo.py, index.py, search.py."""
+    import torch
+
+    from model import checkpoint_path, load_trained_model
+    from utils import num_workers, run_precision, select_device
+
+    run_dir = Path("model") / args.name
+    model, config = load_trained_model(run_dir, args.which_epoch)
+    device = select_device(args.gpu_ids, logger)
+    amp_dtype = run_precision(args, device, logger)
+    model = model.to(device, memory_format=torch.channels_last)
+    extraction = extraction_name((1.0,), config, amp_dtype)
+    origin = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
+    return TrainedModel(
+        model, (config.height, config.width), device, amp_dtype, num_workers(args, device), origin
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # The features file.
 
@@ -113,6 +152,14 @@ KNOWN_KEYS = (
     {f"{s}_{field}" for s in SETS for field in ("f", "label", "cam")} | set(PATH_KEYS) | set(PROVENANCE_KEYS)
 )
 REDO = "run test.py to write it again"
+
+
+def extraction_name(scales, config, amp_dtype, onnx_file: Path | None = None) -> str:
+    """How `extract` turns images into features, in words: the `extraction` of the provenance. Two
+    sets of features are comparable only when this and the checkpoint are the same. `onnx_file`: the
+    exported model onnxruntime ran instead of torch (float32)."""
+    runtime = f"float32, onnxruntime {onnx_file}" if onnx_file else precision_name(amp_dtype)
+    return f"image + flip, scales {','.join(f'{s:g}' for s in scales)}, {config.height}x{config.width}, {runtime}"
 
 
 def provenance(run_dir: Path, which_epoch: str, checkpoint: Path, extraction: str) -> dict:
@@ -134,16 +181,18 @@ def describe_provenance(feats: dict) -> str:
     return f"written by {feats['model']} (checkpoint sha256 {feats['checkpoint_sha256'][:12]}), {feats['extraction']}"
 
 
-def check_same_model(feats: dict, checkpoint: Path, model: str, where: str) -> str:
+def check_same_model(feats: dict, checkpoint: Path | dict, model: str, where: str) -> str:
     """Refuse to compare features of two models: raise UserError when `feats` (the contents of the
-    features file `where`) records a checkpoint other than the file `checkpoint`, the weights of
-    `model` ("model/NAME epoch E"). Returns a warning for a file that records no checkpoint, else ""."""
+    features file or gallery index `where`) records a checkpoint other than `checkpoint`: the weights
+    file of `model` ("model/NAME epoch E"), or the provenance (a dict with `checkpoint_sha256`) of the
+    features `model` wrote. Returns a warning for a file that records no checkpoint, else ""."""
     if "checkpoint_sha256" not in feats:
         return f"warning: {where} does not say which model wrote it; its features may not be comparable with {model}'s"
-    if feats["checkpoint_sha256"] != file_sha256(checkpoint):
+    sha256 = checkpoint["checkpoint_sha256"] if isinstance(checkpoint, dict) else file_sha256(checkpoint)
+    if feats["checkpoint_sha256"] != sha256:
         raise UserError(
             f"{where} was written by {feats['model']}, not by {model} (another checkpoint): pass the --name "
-            "and --which_epoch that wrote it, or run test.py with this model"
+            "and --which_epoch that wrote it, or write it again with this model"
         )
     return ""
 

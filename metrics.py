@@ -86,6 +86,27 @@ def match_ranks(dist: np.ndarray, good: np.ndarray, junk: np.ndarray) -> tuple[n
     return rows, rank[rows, positions]
 
 
+def top_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest gallery images of each query, as match_ranks ranks them (ties in gallery order):
+    their indices (c, k) and distances (c, k), nearest first. dist: (c, n_g); k <= n_g.
+
+    A partition finds each row's k-th smallest distance; only the images up to it (ties with it
+    included) are sorted, by (distance, gallery index), so a row costs O(n_g), not a full sort.
+    """
+    n_rows, n_g = dist.shape
+    if k >= n_g:
+        order = np.argsort(dist, axis=1, kind="stable")
+        return order, np.take_along_axis(dist, order, axis=1)
+    kth = np.partition(dist, k - 1, axis=1)[:, k - 1 : k]  # (c, 1)
+    rows, cols = np.nonzero(dist <= kth)  # at least k per row
+    values = dist[rows, cols]
+    order = np.lexsort((cols, values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    count = np.bincount(rows, minlength=n_rows)
+    keep = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count) < k
+    return cols[keep].reshape(n_rows, k), values[keep].reshape(n_rows, k)
+
+
 def query_metrics(rows: np.ndarray, rank: np.ndarray, n_queries: int) -> dict:
     """Per-query numbers (n_queries,) from the (row, rank) of every true match (see match_ranks):
     n_good, first_rank (0 without a match), ap_market, ap and inp (0 without a match)."""
@@ -182,17 +203,23 @@ def euclidean(neg_cos: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2 + 2 * np.asarray(neg_cos, dtype=np.float64), 0, None))
 
 
-def _chunk_metrics(dist, q_pid, q_cam, g_pid, g_cam, start: int, ranks) -> dict:
-    """query_metrics of the chunk of queries `start`..: dist (c, n_g), q_pid and q_cam (c,)."""
+PER_QUERY_TOP = 10  # nearest gallery images kept per query by evaluate(per_query=True)
+
+
+def _chunk_metrics(dist, q_pid, q_cam, g_pid, g_cam, start: int, ranks, per_query: bool) -> dict:
+    """query_metrics of the chunk of queries `start`..: dist (c, n_g), q_pid and q_cam (c,); with
+    `per_query`, also the indices of each query's nearest gallery images, `top` (c, PER_QUERY_TOP)."""
     dist = np.asarray(dist)
     if np.isnan(dist).any():
         raise ValueError(f"the distances of the queries {start}..{start + len(dist) - 1} contain NaN")
     good, junk = protocol_masks(q_pid, q_cam, g_pid, g_cam)
-    per_query = query_metrics(*ranks(dist, good, junk), len(dist))
+    out = query_metrics(*ranks(dist, good, junk), len(dist))
     # A wrong match at exactly the distance of the first true match: the gallery order decides.
     first = np.where(good, dist, np.inf).min(axis=1)
-    per_query["tied"] = (~good & ~junk & (dist == first[:, None])).any(axis=1)
-    return per_query
+    out["tied"] = (~good & ~junk & (dist == first[:, None])).any(axis=1)
+    if per_query:
+        out["top"] = top_k(dist, min(PER_QUERY_TOP, dist.shape[1]))[0]
+    return out
 
 
 def evaluate(
@@ -203,6 +230,7 @@ def evaluate(
     g_cam: np.ndarray,
     max_rank: int = 50,
     fast: bool = True,
+    per_query: bool = False,
 ) -> dict:
     """CMC, mAP (both rules) and mINP of a ranking, by the Market-1501 protocol (module docstring).
 
@@ -210,6 +238,9 @@ def evaluate(
         (e.g. `feature_distance_chunks(q_f, g_f)`), compared as float32; NaN is an error.
     q_pid, q_cam: (n_q,) person ids and cameras of the queries; g_pid, g_cam: (n_g,) of the gallery.
     fast: rank with match_ranks_fast (the default) or the readable match_ranks; the results are equal.
+    per_query: also return `per_query`, a dict of numpy arrays for error analysis: the numbers of each
+        query (n_q,) `n_good`, `first_rank` (0 without a true match), `ap_market`, `ap`, `inp`, and
+        `top` (n_q, PER_QUERY_TOP), the indices of its nearest gallery images, ties in gallery order.
 
     Returns a dict of floats: `rank1`, `rank5`, `rank10`, `cmc` (Rank@1..Rank@max_rank), `mAP_market1501`,
     `mAP` (non-interpolated), `mINP`, and the counts `n_query`, `n_gallery`, `n_evaluated`, `n_skipped`
@@ -236,7 +267,9 @@ def evaluate(
                     f"distance chunk of shape {np.shape(dist)} for queries {start}.. of {n_q} x {n_g}"
                 )
             q = slice(start, stop)
-            pending.append(pool.submit(_chunk_metrics, dist, q_pid[q], q_cam[q], g_pid, g_cam, start, ranks))
+            pending.append(
+                pool.submit(_chunk_metrics, dist, q_pid[q], q_cam[q], g_pid, g_cam, start, ranks, per_query)
+            )
             start = stop
             while len(pending) > workers:
                 chunks.append(pending.popleft().result())
@@ -244,8 +277,8 @@ def evaluate(
             chunks.append(pending.popleft().result())
     if start != n_q:
         raise ValueError(f"the distance chunks cover {start} queries, expected {n_q}")
-    per_query = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
-    n_good, first_rank = per_query["n_good"], per_query["first_rank"]
+    by_query = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+    n_good, first_rank = by_query["n_good"], by_query["first_rank"]
 
     valid = n_good > 0
     n_valid = int(valid.sum())
@@ -254,20 +287,23 @@ def evaluate(
         return float(np.mean(x[valid])) if n_valid else 0.0
 
     cmc = [mean(first_rank <= k) for k in range(1, max_rank + 1)]
-    return {
+    results = {
         "rank1": cmc[0],
         "rank5": cmc[min(4, max_rank - 1)],
         "rank10": cmc[min(9, max_rank - 1)],
-        "mAP_market1501": mean(per_query["ap_market"]),
-        "mAP": mean(per_query["ap"]),
-        "mINP": mean(per_query["inp"]),
+        "mAP_market1501": mean(by_query["ap_market"]),
+        "mAP": mean(by_query["ap"]),
+        "mINP": mean(by_query["inp"]),
         "cmc": cmc,
         "n_query": n_q,
         "n_gallery": n_g,
         "n_evaluated": n_valid,
         "n_skipped": n_q - n_valid,
-        "n_tied": int(per_query["tied"][valid].sum()),
+        "n_tied": int(by_query["tied"][valid].sum()),
     }
+    if per_query:
+        results["per_query"] = by_query
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -291,6 +327,12 @@ def evaluation_parser(doc: str) -> argparse.ArgumentParser:
         "features gets both results, single-query first",
     )
     which.add_argument("--single", action="store_true", help="only the single-query result")
+    group.add_argument(
+        "--html",
+        metavar="DIR",
+        help="also write a report to this folder: index.html with the metrics, the CMC curve and the "
+        "queries of lowest AP with their top 10, for error analysis",
+    )
     return parser
 
 
@@ -328,9 +370,11 @@ def evaluate_file(args, distance_chunks: Callable, distance: str) -> list[dict]:
     print(f"{args.result_file}: {describe_provenance(feats)}")
     for warning in degenerate_rows(feats, args.result_file):
         print(warning)
-    runs = []
+    runs, report = [], []
     for info, q_f in query_sets(feats, args):
-        runs.append({**about, **info, **evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels)})
+        results = evaluate(distance_chunks(q_f, feats["gallery_f"]), *labels, per_query=bool(args.html))
+        runs.append({**about, **info, **results})
+        report.append((runs[-1], q_f, runs[-1].pop("per_query", None)))
         if runs[-1]["n_tied"]:
             print(
                 f"warning: {runs[-1]['n_tied']} of {runs[-1]['n_evaluated']} queries have a wrong match at "
@@ -341,6 +385,10 @@ def evaluate_file(args, distance_chunks: Callable, distance: str) -> list[dict]:
     if args.json:
         # One query set: its results; both: the single-query results, the multi-query ones inside.
         write_json(args.json, runs[0] if len(runs) == 1 else {**runs[0], "multi_query": runs[1]})
+    if args.html:
+        from pages import evaluation_report  # matplotlib and PIL, only for the report
+
+        print(f"wrote {evaluation_report(args.html, feats, args.result_file, report)}/index.html")
     return runs
 
 

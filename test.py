@@ -28,8 +28,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import list_images, parse_name, read_naming
-from features import add_result_file_arg, add_trained_model_args, extract, provenance, save_features
+from data import image_labels, list_images, read_ids, read_naming
+from features import (
+    add_result_file_arg,
+    add_trained_model_args,
+    extract,
+    extraction_name,
+    provenance,
+    save_features,
+)
 from model import checkpoint_path, load_trained_model
 from utils import (
     HelpFormatter,
@@ -39,7 +46,6 @@ from utils import (
     file_sha256,
     num_workers,
     positive_int,
-    precision_name,
     run_main,
     run_precision,
     select_device,
@@ -94,15 +100,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def split_images(folder: Path, naming) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """The images of one prepared split, sorted, with their person ids and cameras (from their names)."""
+def split_images(folder: Path, naming, ids=None) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """The images of one prepared split, sorted, with their person ids and cameras (data.image_labels:
+    from their names, or their folders, through the table of ids of dataset.yaml)."""
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; run prepare.py, or check --test_dir")
     paths = list_images(folder, recursive=True)
     if not paths:
         raise UserError(f"{folder}: no images in it; run prepare.py again")
     try:
-        pids, cams = zip(*(parse_name(p.name, naming) for p in paths))
+        pids, cams = zip(*(image_labels(p, naming, ids) for p in paths))
     except ValueError as err:
         raise UserError(f"{err}; prepare.py --naming must match the data") from None
     return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
@@ -119,7 +126,9 @@ def choose_backend(args, device) -> str:
     return "onnxruntime" if device.type == "cpu" and plain and available() else "torch"
 
 
-def onnx_runner(args, model, config, run_dir: Path, checkpoint: Path, device, test_dir: Path, naming, logger):
+def onnx_runner(
+    args, model, config, run_dir: Path, checkpoint: Path, device, test_dir: Path, naming, ids, logger
+):
     """--backend onnxruntime: the exported model of `checkpoint` (exported first when --backend auto
     finds none, or one of an older checkpoint), the compute function of features.extract, whether the
     graph leaves the ImageNet normalisation outside, and the file; None when auto's export fails."""
@@ -131,8 +140,8 @@ def onnx_runner(args, model, config, run_dir: Path, checkpoint: Path, device, te
     if args.backend == "auto" and not args.onnx and int(os.environ.get("RANK", "0")) == 0:
         meta = OnnxFeatures(path).metadata if path.is_file() else {}
         if meta.get("checkpoint_sha256") != sha:  # absent, or exported from an older checkpoint
-            query, _, _ = split_images(test_dir / "query", naming)
-            gallery, _, _ = split_images(test_dir / "gallery", naming)
+            query, _, _ = split_images(test_dir / "query", naming, ids)
+            gallery, _, _ = split_images(test_dir / "gallery", naming, ids)
             prov = provenance(run_dir, args.which_epoch, checkpoint, "")
             try:
                 parity = export_checked(
@@ -181,29 +190,28 @@ def main(argv=None) -> None:
     amp_dtype = run_precision(args, device, logger)
     checkpoint = checkpoint_path(run_dir, args.which_epoch)
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
-    naming = read_naming(test_dir)
+    naming, ids = read_naming(test_dir), read_ids(test_dir)
     if world > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    compute, normalize, runner = None, True, f"{precision_name(amp_dtype)}"
+    compute, normalize, onnx_file = None, True, None
     onnx = None
     if choose_backend(args, device) == "onnxruntime":
-        onnx = onnx_runner(args, model, config, run_dir, checkpoint, device, test_dir, naming, logger)
+        onnx = onnx_runner(args, model, config, run_dir, checkpoint, device, test_dir, naming, ids, logger)
     if onnx is not None:
         model, compute, normalize, onnx_file = onnx
-        runner = f"float32, onnxruntime {onnx_file}"
     else:
         model = model.to(device, memory_format=torch.channels_last)
 
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
-    extraction = f"image + flip, area scales {args.ms}, {config.height}x{config.width}, {runner}"
+    extraction = extraction_name(args.scales, config, amp_dtype, onnx_file)
     start = time.perf_counter()
     feats = provenance(run_dir, args.which_epoch, checkpoint, extraction)
     check_writable(args.result_file)  # now, not after the extraction
     n_images = 0
     for key in splits:
-        paths, pids, cams = split_images(test_dir / SPLITS[key], naming)
+        paths, pids, cams = split_images(test_dir / SPLITS[key], naming, ids)
         shard = np.array_split(np.arange(len(paths)), world)[rank]  # this process's share, in order
         f = extract(
             model, [paths[i] for i in shard], (config.height, config.width), device, amp_dtype, args.batchsize,

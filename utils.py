@@ -102,6 +102,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help shows the module docstring as written and every option's default."""
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of a count that must be 1 or more (--top_k, --batchsize)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
+
+
 def setup_logging(log_file: str | Path | None = None) -> logging.Logger:
     """Log to the console, and to `log_file` when given."""
     logger = logging.getLogger("reid")

@@ -1,14 +1,31 @@
-"""data.py: one parser for every dataset naming (clear errors for bad namings), listing images, the
+"""data.py: one parser for every dataset naming (clear errors for bad namings), own-data labels
+(camera-less, ids from folders, ids that are names), images of every mode read as 8-bit RGB, the
 identity-balanced sampler."""
 
 import re
-import time
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from data import NAMINGS, PKSampler, match_name, naming_pattern, parse_name
+from data import (
+    IMAGENET_MEAN,
+    NAMINGS,
+    PKSampler,
+    id_text,
+    image_labels,
+    load_image,
+    match_name,
+    naming_pattern,
+    number_ids,
+    own_camera,
+    parse_name,
+    read_ids,
+    read_naming,
+)
+from utils import UserError, save_yaml
 
 VERI = r"^(?P<pid>\d+)_c(?P<cam>\d+)_"
 CUSTOM = r"^p(?P<pid>\d+)_cam(?P<cam>\d+)_"
@@ -91,9 +108,8 @@ def test_non_integer_groups_are_a_clear_error():
 @pytest.mark.parametrize(
     "naming, message",
     [
-        (r"^(?P<pid>\d+)_", r"has no named group cam"),
         (r"^(\d+)_c(\d+)", r"has no named group pid or cam"),
-        (r"^(?P<person>\d+)_c(?P<cam>\d+)", r"has no named group pid"),
+        (r"^(?P<person>\d+)_c(?P<cam>\d+)", r"has the named group 'person'"),
         ("duke", r"has no named group pid or cam: give one of \['market', 'msmt17'\]"),
         (r"^(?P<pid>\d+_c(?P<cam>\d+)", r"is not a valid regular expression: missing \)"),
         (r"^(?P<pid>\d+)_c(?P<pid>\d+)", r"is not a valid regular expression: redefinition of group name"),
@@ -166,10 +182,124 @@ def test_pk_sampler_checks_and_speed():
         PKSampler(pk_labels(), 6, 4)
     with pytest.raises(ValueError, match="12 identities, fewer than 8 per batch x 2 processes"):
         PKSampler(pk_labels(), 16, 2, num_replicas=2)
-    # No per-epoch stall: an epoch of 100,000 images (5,000 identities), vectorised, well under a second.
+    # A large epoch: 100,000 images of 5,000 identities.
     labels = torch.randint(0, 5000, (100_000,), generator=torch.Generator().manual_seed(0))
     sampler = PKSampler(labels, 64, 4)
-    start = time.perf_counter()
     batches = list(sampler)
-    assert time.perf_counter() - start < 2.0
     assert len(batches) == len(sampler) > 1400
+
+
+# ----------------------------------------------------------------------------------------------------
+# Own data: camera-less namings, ids from folders, ids that are names.
+
+
+def test_camera_less_naming_gives_each_image_a_camera_of_its_own():
+    naming = r"^(?P<pid>\d+)_"
+    pid, cam = parse_name("0002_a.jpg", naming)
+    assert pid == 2 and cam == own_camera("0002_a.jpg") and 1 <= cam <= 2**48
+    assert parse_name("/elsewhere/0002_a.jpg", naming) == (2, cam)  # the same file name, the same camera
+    assert parse_name("0002_b.jpg", naming)[1] != cam
+
+
+def test_ids_from_folders_and_cameras_from_names():
+    ids = {"alice": 1, "bob": 2}
+    assert image_labels("/data/alice/0001.jpg", None, ids) == (1, own_camera("0001.jpg"))
+    assert image_labels("/data/bob/x_cam3_1.jpg", r"_cam(?P<cam>\d+)_", ids) == (2, 3)
+    assert id_text("/data/bob/x_cam3_1.jpg", r"_cam(?P<cam>\d+)_") == "bob"
+    assert image_labels("/data/0007/0001.jpg", None) == (7, own_camera("0001.jpg"))  # integer folder names
+    with pytest.raises(ValueError, match="id 'carol' is not in the table of ids of dataset.yaml"):
+        image_labels("/data/carol/0001.jpg", None, ids)
+    with pytest.raises(ValueError, match="has no named group pid: the ids are folder names"):
+        parse_name("x_cam3_1.jpg", r"_cam(?P<cam>\d+)_")
+    with pytest.raises(ValueError, match="does not match the naming"):
+        image_labels("/data/bob/x.jpg", r"_cam(?P<cam>\d+)_", ids)
+
+
+def test_ids_that_are_names_go_through_the_table():
+    naming = r"^(?P<pid>[a-z]+)_cam(?P<cam>\d+)_"
+    table = number_ids(["bob", "alice", "bob", "carol"])
+    assert table == {"alice": 1, "bob": 2, "carol": 3}
+    assert image_labels("alice_cam1_0001.jpg", naming, table) == (1, 1)
+    assert image_labels("carol_cam2_0001.jpg", naming, table) == (3, 2)
+    with pytest.raises(ValueError, match=r"reads pid 'alice'.*must be integers \(prepare.py numbers"):
+        image_labels("alice_cam1_0001.jpg", naming)
+    assert number_ids(["0002", "-1", "0000"]) is None  # integers are the ids themselves
+    assert number_ids(["0002", "x"]) == {"0002": 1, "x": 2}
+
+
+def test_dataset_yaml_gives_naming_and_ids(tmp_path):
+    assert read_naming(tmp_path).pattern == NAMINGS["market"] and read_ids(tmp_path) is None
+    save_yaml(tmp_path / "dataset.yaml", {"naming": None, "ids": {"alice": 1}})
+    assert read_naming(tmp_path).pattern == "" and read_ids(tmp_path) == {"alice": 1}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images of every mode, as 8-bit RGB.
+
+
+def saved(tmp_path, img: Image.Image, name: str, **params) -> str:
+    path = tmp_path / name
+    img.save(path, **params)
+    return str(path)
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 32).reshape(64, 32) * 32).astype(np.uint16)  # 0 .. 65504
+    path = saved(tmp_path, Image.fromarray(ramp), "grey16.png")
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+    rgb = np.asarray(load_image(path), dtype=np.int64)
+    assert rgb.shape == (64, 32, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0] - ramp / 257).max() <= 0.5  # Pillow alone: 99% of the pixels 255
+    # 32-bit integer grey (mode I) of 16-bit values, as older Pillow opens such PNGs.
+    as_i = Image.fromarray(ramp.astype(np.int32))
+    assert as_i.mode == "I"
+    assert (
+        np.abs(np.asarray(load_image(saved(tmp_path, as_i, "grey32.tif")))[..., 1] - ramp / 257).max() <= 0.5
+    )
+
+
+def test_transparency_is_laid_over_the_mean_colour(tmp_path):
+    mean = np.round(255 * np.array(IMAGENET_MEAN))
+    rgba = np.zeros((8, 4, 4), dtype=np.uint8)
+    rgba[:4] = (200, 10, 10, 255)  # opaque red top half; transparent (black) bottom half
+    for img, name in [
+        (Image.fromarray(rgba), "rgba.png"),
+        (Image.fromarray(rgba).convert("LA"), "la.png"),
+        (Image.fromarray(rgba).convert("RGB").quantize(4), "palette.png"),
+    ]:
+        if img.mode == "P":  # the palette index of the bottom half is transparent
+            img.info["transparency"] = img.getpixel((0, 7))
+            path = saved(tmp_path, img, name, transparency=img.getpixel((0, 7)))
+        else:
+            path = saved(tmp_path, img, name)
+        rgb = np.asarray(load_image(path), dtype=np.int64)
+        assert np.abs(rgb[6] - mean).max() <= 1, name
+        assert rgb[1, 0, 0] > 50 + rgb[1, 0, 2] or img.mode == "LA", name  # the opaque part kept
+
+
+def test_palette_cmyk_one_bit_and_exif_rotation(tmp_path):
+    pixels = np.zeros((8, 4, 3), dtype=np.uint8)
+    pixels[:4] = (250, 20, 20)
+    pixels[4:] = (20, 20, 250)
+    palette = Image.fromarray(pixels).quantize(2)
+    assert np.abs(np.asarray(load_image(saved(tmp_path, palette, "p.png"))).astype(int) - pixels).max() <= 5
+    cmyk = Image.fromarray(pixels).convert("CMYK")
+    rgb = np.asarray(load_image(saved(tmp_path, cmyk, "cmyk.jpg", quality=100)), dtype=np.int64)
+    assert rgb[1, 1, 0] > 200 and rgb[6, 1, 2] > 200
+    one_bit = Image.fromarray(pixels[..., 0] > 100).convert("1")
+    assert np.asarray(load_image(saved(tmp_path, one_bit, "b.png")))[0, 0].tolist() == [255, 255, 255]
+    # A photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = saved(tmp_path, Image.fromarray(pixels), "phone.jpg", exif=exif.tobytes(), quality=100)
+    upright = load_image(path)
+    assert upright.size == (8, 4)  # (width, height): turned upright
+    assert np.asarray(upright)[2, 0, 2] > 200 and np.asarray(upright)[2, -1, 0] > 200
+
+
+def test_unreadable_image_is_a_user_error(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="broken.jpg: cannot read the image"):
+        load_image(path)

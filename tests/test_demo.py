@@ -158,34 +158,29 @@ def test_missing_image_paths_are_a_user_error(hand_features, tmp_path):
         demo.main(["--result_file", str(hand_features), "--output", str(tmp_path / "x.png")])
 
 
-def test_plot_distances_prints_a_threshold_between_true_and_false_pairs(hand_features, tmp_path, capsys):
+def test_plot_distances_calibrates_on_the_best_distance(hand_features, tmp_path, capsys):
     out = tmp_path / "dist.png"
     demo.main(["--plot_distances", "--result_file", str(hand_features), "--output", str(out)])
     printed = capsys.readouterr().out
-    # True pairs: q0-g0 at 0.141, q1-g5 at 0; the nearest false pair is q0-g1 at 0.316.
-    threshold = float(re.search(r"suggested --threshold (\d\.\d+): it maximises the balanced", printed)[1])
-    assert 0.142 < threshold < 0.316
-    assert "accepts 100.0% of the true pairs and 0.0% of the false pairs" in printed
-    at_1_percent = float(
-        re.search(r"--threshold (\d\.\d+) accepts at most 1% of the false pairs", printed)[1]
-    )
-    assert 0.142 < at_1_percent < 0.316
+    # Query 0: nearest true match g0 at sqrt(2 - 2 * 0.99) = 0.1414, nearest other person g1 at
+    # sqrt(2 - 2 * 0.95) = 0.3162 (g2 and g3 are junk). Query 1: its true match at 0, every other person
+    # at sqrt(2). With 2 queries a 1% rate gives k = 0: the threshold is just below 0.3162.
+    threshold = float(re.search(r"suggested --threshold (\d\.\d+): threshold", printed)[1])
+    assert threshold == pytest.approx(0.3162, abs=1e-4)
+    assert "0.0% of the 2 queries answered 'match' when their own identity is removed" in printed
+    assert "100.0% of the 2 with a true match answered with a true match first" in printed
+    assert "too few to measure a rate of 1.0%" in printed
+    assert printed.splitlines()[0].split() == [
+        "target",
+        "threshold",
+        "false",
+        "match",
+        "true",
+        "match",
+        "answered",
+    ]
     with Image.open(out) as img:
-        assert img.size == (8 * demo.DPI, round(4.5 * demo.DPI))
-
-
-def test_suggest_thresholds_hand_case():
-    # 8 bins over [0, 2]: thresholds 0.25, 0.5, ..., 2; true pairs in bins 1-2, false pairs in bins 4-5.
-    true_hist = np.array([0, 5, 5, 0, 0, 0, 0, 0])
-    false_hist = np.array([0, 0, 0, 0, 50, 50, 0, 0])
-    found = demo.suggest_thresholds(true_hist, false_hist)
-    # Thresholds 0.75 and 1.0 both separate them; the middle of the tie (the later one) is taken.
-    assert found["balanced"] == pytest.approx((1.0, 1.0, 0.0))
-    assert found["false_rate"] == pytest.approx((1.0, 1.0, 0.0))
-    false_hist = np.array([2, 0, 0, 0, 98, 0, 0, 0])  # 2% of false pairs at distance < 0.25
-    found = demo.suggest_thresholds(true_hist, false_hist)
-    assert found["false_rate"] is None
-    assert found["balanced"] == pytest.approx((1.0, 1.0, 0.02))
+        assert img.size == (11 * demo.DPI, round(4.5 * demo.DPI))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -60,6 +60,28 @@ def test_hand_computed_metric(fast):
     check(evaluate_metric([DIST], Q_PID, Q_CAM, G_PID, G_CAM, fast=fast), EXPECTED)
 
 
+def test_per_query_numbers_and_top_images():
+    results = evaluate_metric([DIST[:2], DIST[2:]], Q_PID, Q_CAM, G_PID, G_CAM, per_query=True)
+    check(results, EXPECTED)  # the same means
+    per_query = results["per_query"]
+    assert per_query["ap"] == pytest.approx([0.5, 1, 0, 0, 0.5])  # A, B, C and D skipped (0), E
+    assert per_query["ap_market"] == pytest.approx(
+        [(0.25 + (1 / 3 + 1 / 2) / 2 + (2 / 5 + 1 / 2) / 2) / 3, 1, 0, 0, 0.25]
+    )
+    assert per_query["first_rank"].tolist() == [2, 1, 0, 0, 2] and per_query["n_good"].tolist() == [
+        3,
+        1,
+        0,
+        0,
+        1,
+    ]
+    # The 8 nearest of each query, junk included, ties in gallery order (E: g1 before g6).
+    assert per_query["top"].shape == (5, 8)
+    assert per_query["top"][0].tolist() == list(range(8)) and per_query["top"][1][0] == 6
+    assert per_query["top"][4][:2].tolist() == [1, 6]
+    assert "per_query" not in evaluate_metric([DIST], Q_PID, Q_CAM, G_PID, G_CAM)
+
+
 def test_chunking_does_not_change_the_metric():
     chunks = [DIST[:1], DIST[1:3], DIST[3:]]
     check(evaluate_metric(iter(chunks), Q_PID, Q_CAM, G_PID, G_CAM), EXPECTED)

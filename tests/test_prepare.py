@@ -479,8 +479,10 @@ def test_bad_naming_option(tmp_path, capsys):
     raw = make_market(tmp_path / "Market")
     err = user_error(capsys, ["--data_dir", str(raw), "--naming", r"^(?P<pid>\d+"])
     assert "--naming '^(?P<pid>\\\\d+' is not a valid regular expression" in err
-    err = user_error(capsys, ["--data_dir", str(raw), "--naming", r"^(?P<pid>\d+)_"])
-    assert "has no named group cam" in err
+    err = user_error(capsys, ["--data_dir", str(raw), "--naming", r"_c(?P<cam>\d+)"])
+    assert "has no named group pid: the market layout reads the ids from the file names" in err
+    err = user_error(capsys, ["--data_dir", str(raw), "--naming", r"^(?P<person>-?\d+)_c(?P<cam>\d+)"])
+    assert "has the named group 'person'" in err
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ takes the last value): one epoch at 64x32 from scratch, on the CPU.
 """
 
 import importlib
+import json
 import re
 import shutil
 import sys
@@ -38,6 +39,8 @@ SHORT = {
     ],
     "test.py": ["--which_epoch", "last", "--gpu_ids", "-1"],  # 1 epoch: no net_059.pth
     "evaluate_gpu.py": ["--gpu_ids", "-1"],
+    "index.py": ["--gpu_ids", "-1"],
+    "search.py": ["--gpu_ids", "-1"],
 }
 
 
@@ -126,12 +129,32 @@ def other_datasets(market: Path, parent: Path) -> None:
         (msmt / list_name).write_text("\n".join(lines) + "\n")
 
 
+def own_data(market: Path, parent: Path) -> None:
+    """The README's own data: `my_people/<name>/<name>_cam<C>_<k>.jpg`, one folder per person of the
+    synthetic dataset, named, and `my_crops/cam<C>/frame_<k>.jpg`, unlabelled crops."""
+    count = {}
+    for path in sorted(market.glob("bounding_box_*/[0-9]*.jpg")):
+        pid, cam = re.match(r"(\d+)_c(\d+)", path.name).groups()
+        if int(pid) == 0:
+            continue
+        name = f"person{chr(ord('a') + int(pid) % 26)}{int(pid)}"
+        k = count[name] = count.get(name, -1) + 1
+        target = parent / "my_people" / name / f"{name}_cam{cam}_{k:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    for k, path in enumerate(sorted((market / "query").glob("*.jpg"))[:12]):
+        target = parent / "my_crops" / f"cam{1 + k % 2}" / f"frame_{k:06d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     work = tmp_path / "reid"
     work.mkdir()
     synthetic.generate(tmp_path / "Market", num_ids=12, junk=4, distractors=4, seed=1)
     other_datasets(tmp_path / "Market", tmp_path)
+    own_data(tmp_path / "Market", tmp_path)
     shutil.copyfile(next((tmp_path / "Market/query").glob("*.jpg")), work / "photo.jpg")  # the README's photo
     monkeypatch.chdir(work)
     run(["prepare.py"])  # the first command of the classic block, which test_classic_readme.py runs
@@ -155,6 +178,11 @@ def test_every_readme_command_runs(sandbox):
         run(argv)
     assert (sandbox / "demo.png").is_file()
     assert (sandbox / "model/warm5_s1_b8_lr2_p0.5/opts.yaml").is_file()
+    # Your own data: from folders of people and of crops to answers and pages.
+    assert (sandbox / "my_report/index.html").is_file() and (sandbox / "report/index.html").is_file()
+    results = json.loads((sandbox / "my_search/results.json").read_text())
+    assert results["threshold"] is not None and results["queries"][0]["answer"] in ("match", "no match")
+    assert results["index_size"] == 12 and (sandbox / "my_search/index.html").is_file()
 
 
 def test_quickstart_commands_run(sandbox):
