@@ -156,10 +156,21 @@ REDO = "run test.py to write it again"
 
 def extraction_name(scales, config, amp_dtype, onnx_file: Path | None = None) -> str:
     """How `extract` turns images into features, in words: the `extraction` of the provenance. Two
-    sets of features are comparable only when this and the checkpoint are the same. `onnx_file`: the
-    exported model onnxruntime ran instead of torch (float32)."""
-    runtime = f"float32, onnxruntime {onnx_file}" if onnx_file else precision_name(amp_dtype)
-    return f"image + flip, scales {','.join(f'{s:g}' for s in scales)}, {config.height}x{config.width}, {runtime}"
+    sets of features are comparable only when the checkpoint and this, up to the runtime, are the same
+    (`same_extraction`). `scales` are side scales (test.py --ms gives their squares, area scales);
+    `onnx_file`: the exported model onnxruntime ran instead of PyTorch (float32)."""
+    areas = ",".join(f"{s * s:g}" for s in scales)
+    runtime = f"float32, {ONNX_RUNTIME}{onnx_file}" if onnx_file else precision_name(amp_dtype)
+    return f"image + flip, area scales {areas}, {config.height}x{config.width}, {runtime}"
+
+
+ONNX_RUNTIME = "onnxruntime "  # what extraction_name says before the ONNX file
+
+
+def same_extraction(a: str, b: str) -> bool:
+    """Whether two extractions give comparable features: the same but for the runtime, since
+    onnxruntime's features are PyTorch's float32 ones (export.py checks them on export)."""
+    return a.split(f", {ONNX_RUNTIME}")[0] == b.split(f", {ONNX_RUNTIME}")[0]
 
 
 def provenance(run_dir: Path, which_epoch: str, checkpoint: Path, extraction: str) -> dict:

@@ -10,6 +10,7 @@
     features-NNNNNN.npy    float32 (n, d), unit rows: the features of one part
     paths-NNNNNN.txt       the n absolute image paths of that part, one per line, UTF-8
     labels-NNNNNN.npy      int64 (n, 2): person id and camera of each image, -1 when unknown
+    faiss.index            only with a faiss search method: the faiss index of every feature
 
 Adding images writes a new part, then index.json, so an index is never half-written: a run that
 stops early leaves part files that index.json does not list, which the next run that adds removes.
@@ -21,6 +22,14 @@ distance -q.g (ties in gallery order), chunk by chunk: each chunk of the gallery
 best (metrics.top_k), then merged with the best so far, so memory is bounded by the chunk size
 whatever the size of the index. Distances are reported as the Euclidean distance of unit features,
 sqrt(2 - 2 q.g) (metrics.euclidean), from 0 to 2.
+
+**Search methods** (index.py --search; index.json's `search` remembers which): `exact` is the search
+above, over the memory-mapped parts. With faiss (`pip install faiss-cpu`), `faiss_exact` is a flat
+inner-product index (exact too, the features held in memory) and `faiss_ivf` an approximate one:
+the features are clustered into `nlist` lists (k-means) and a query reads only the `nprobe` lists
+nearest to it. index.py measures the approximate index's recall@10 against the exact search (on up to
+RECALL_QUERIES of the index's own features as queries, each left out of its own results), prints it
+and stores it with the index. A faiss index is rebuilt whenever images are added.
 
 **The threshold.** Search answers "match" when the best distance is at or below the threshold, and
 "no match" above it (`is_match`). So the threshold must be chosen on that statistic, the *best*
@@ -49,7 +58,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from features import PROVENANCE_KEYS, check_same_model
+from features import PROVENANCE_KEYS, check_same_model, same_extraction
 from metrics import euclidean, feature_distance_chunks, protocol_masks, top_k
 from utils import UserError, atomic_write, replace_folder
 
@@ -60,6 +69,10 @@ QUERY_BLOCK = 4096  # queries searched at once; the gallery is read once per blo
 BLOCK_DISTANCES = 1 << 22  # distances computed at once (16 MB of float32)
 FALSE_MATCH_RATE = 0.01  # the default target of calibrate.py and demo.py --plot_distances
 ROC_RATES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # the rows of the printed table
+METHODS = ("exact", "faiss_exact", "faiss_ivf")  # index.py --search
+FAISS_FILE = "faiss.index"
+NPROBE = 32  # faiss_ivf: lists read per query (index.py --nprobe)
+RECALL_QUERIES = 1000  # faiss_ivf: index features searched to measure its recall@10
 
 # ----------------------------------------------------------------------------------------------------
 # The index on disk.
@@ -119,10 +132,13 @@ def open_index(folder: str | Path) -> GalleryIndex:
     return GalleryIndex(folder, meta, parts, all_labels.astype(np.int64))
 
 
-def new_meta(provenance: dict, dim: int, naming: str | None, ids: dict | None, cameras: bool) -> dict:
-    """The index.json of a new, empty index."""
+def new_meta(
+    provenance: dict, dim: int, naming: str | None, ids: dict | None, cameras: bool, method: str = "exact"
+) -> dict:
+    """The index.json of a new, empty index, searched with `method` (its faiss index still to build)."""
     meta = {"format": FORMAT, **{key: provenance[key] for key in PROVENANCE_KEYS}, "dim": dim}
     meta.update({"naming": naming, "ids": ids, "cameras": cameras, "parts": [], "threshold": None})
+    meta["search"] = {"method": method} if method == "exact" else {"method": method, "rows": 0}
     return meta
 
 
@@ -183,10 +199,11 @@ def create_index(
 def check_comparable(feats: dict, reference: dict, where: str) -> str:
     """Refuse features that cannot be compared: `feats` (the contents or provenance of `where`: an
     index, a features file) must record the checkpoint of `reference` (the provenance of the features
-    they would be compared with; features.check_same_model) and the same extraction. Returns
+    they would be compared with; features.check_same_model) and the same extraction (up to the
+    runtime: features.same_extraction). Returns
     check_same_model's warning for `feats` that record no checkpoint, else ""."""
     warning = check_same_model(feats, reference, reference["model"], where)
-    if "extraction" in feats and feats["extraction"] != reference["extraction"]:
+    if "extraction" in feats and not same_extraction(feats["extraction"], reference["extraction"]):
         raise UserError(
             f"{where} holds features extracted as {feats['extraction']!r}, but {reference['model']}'s here "
             f"are {reference['extraction']!r}: use the same test-time options (--ms, --bf16/--fp16)"
@@ -245,10 +262,136 @@ def search(
             offset += len(part)
         found.append((best_i, best_d))
     best_i, best_d = (np.concatenate(arrays) for arrays in zip(*found))
-    if excluding:  # the first k that are not the query's own image
-        keep = np.argsort(best_i == np.asarray(exclude)[:, None], axis=1, kind="stable")[:, :k]
-        best_i, best_d = np.take_along_axis(best_i, keep, axis=1), np.take_along_axis(best_d, keep, axis=1)
+    if excluding:
+        best_i, best_d = leave_out(best_i, best_d, exclude, k)
     return best_i, euclidean(best_d)
+
+
+def leave_out(found: np.ndarray, dist: np.ndarray, exclude: np.ndarray, k: int):
+    """The first k of each row's results (m, k + 1) that are not its `exclude` image."""
+    keep = np.argsort(found == np.asarray(exclude)[:, None], axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(found, keep, axis=1), np.take_along_axis(dist, keep, axis=1)
+
+
+def search_index(index: GalleryIndex, q_f: np.ndarray, k: int, exclude: np.ndarray | None = None):
+    """`search` the index with its own method (index.json's `search`): exact over the parts, or its
+    faiss index. Returns indices and Euclidean distances (m, k), as `search`."""
+    method = index.meta.get("search", {"method": "exact"})
+    if method["method"] == "exact":
+        return search(q_f, index.parts, k, exclude)
+    if method["rows"] != index.size:
+        raise UserError(
+            f"{index.folder}: its {FAISS_FILE} holds {method['rows']} of the {index.size} images (a run "
+            f"of index.py stopped early); run index.py --add on it again to rebuild it"
+        )
+    faiss_index = faiss_of(index)
+    excluding = exclude is not None and bool((np.asarray(exclude) >= 0).any())
+    want = k + excluding
+    if not 1 <= want <= index.size:
+        raise ValueError(f"top {k} of {index.size} gallery images{' with one left out' if excluding else ''}")
+    sims, found = faiss_index.search(np.ascontiguousarray(q_f, dtype=np.float32), want)
+    missing = (found < 0).any(axis=1)  # faiss_ivf: fewer than `want` images in the lists read
+    if missing.any():
+        exact_i, exact_d = search(q_f[missing], index.parts, want)
+        found[missing], sims[missing] = exact_i, 1 - exact_d**2 / 2
+    dist = -sims
+    if excluding:
+        found, dist = leave_out(found, dist, exclude, k)
+    return found.astype(np.int64), euclidean(dist)
+
+
+def import_faiss():
+    """faiss, or a one-line error saying how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise UserError("the faiss search methods need faiss: pip install faiss-cpu") from None
+    return faiss
+
+
+_faiss_read = {}  # faiss.index files read, by (path, size, modification time): read once per process
+
+
+def faiss_of(index: GalleryIndex):
+    """The faiss index of `index` (a faiss method), read into memory the first time it is needed."""
+    faiss = import_faiss()
+    path = index.folder / FAISS_FILE
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _faiss_read:
+            _faiss_read.clear()  # one at a time: they can be large
+            _faiss_read[key] = faiss.read_index(str(path))
+    except (OSError, RuntimeError) as err:
+        raise UserError(
+            f"{path}: cannot read it ({err}); run index.py --add on the index to rebuild it"
+        ) from None
+    faiss_index = _faiss_read[key]
+    if index.meta["search"]["method"] == "faiss_ivf":
+        faiss_index.nprobe = index.meta["search"]["nprobe"]
+    return faiss_index
+
+
+def ivf_lists(n: int) -> int:
+    """faiss_ivf's number of lists for n features: about 4 sqrt(n), with at least 39 features per
+    list for k-means (faiss's minimum), at least 1."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def build_faiss(index: GalleryIndex, method: str, nprobe: int = NPROBE, seed: int = 0) -> dict:
+    """Write the faiss index of `method` for every feature of `index` (atomically) and return what
+    index.json's `search` records: the method, the rows it holds, the build time and, for
+    faiss_ivf, nlist, nprobe and the measured recall@10 against the exact search."""
+    import time
+
+    faiss = import_faiss()
+    start = time.perf_counter()
+    d, n = index.meta["dim"], index.size
+    rng = np.random.default_rng(seed)
+    if method == "faiss_exact":
+        faiss_index = faiss.IndexFlatIP(d)
+        record = {"method": method}
+    else:
+        nlist = ivf_lists(n)
+        faiss_index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))  # k-means' training set
+        faiss_index.train(np.ascontiguousarray(take_rows(index.parts, sample)))
+        faiss_index.nprobe = min(nprobe, nlist)
+        record = {"method": method, "nlist": nlist, "nprobe": faiss_index.nprobe}
+    for part in index.parts:
+        for start_row in range(0, len(part), 1 << 16):
+            faiss_index.add(np.ascontiguousarray(part[start_row : start_row + (1 << 16)]))
+    atomic_write(index.folder / FAISS_FILE, lambda tmp: faiss.write_index(faiss_index, str(tmp)))
+    record.update(rows=n, build_seconds=round(time.perf_counter() - start, 3))
+    if method == "faiss_ivf":
+        record["recall_at_10"] = faiss_recall(index, faiss_index, rng)
+    return record
+
+
+def take_rows(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The features of the sorted index positions `rows`, gathered from the parts."""
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    return np.concatenate(
+        [
+            np.asarray(part[rows[(rows >= lo) & (rows < hi)] - lo])
+            for part, lo, hi in zip(parts, bounds, bounds[1:])
+        ]
+    )
+
+
+def faiss_recall(index: GalleryIndex, faiss_index, rng: np.random.Generator, k: int = 10) -> float:
+    """Recall@k of `faiss_index` against the exact search: the share of each query's exact top k that
+    it also returns, averaged over up to RECALL_QUERIES of the index's features, each left out of its
+    own results."""
+    k = min(k, index.size - 1)
+    if k < 1:
+        return 1.0
+    rows = np.sort(rng.choice(index.size, size=min(index.size, RECALL_QUERIES), replace=False))
+    q_f = take_rows(index.parts, rows)
+    exact, _ = search(q_f, index.parts, k, rows)
+    _, found = faiss_index.search(np.ascontiguousarray(q_f), k + 1)
+    found = np.stack([row[row != own][:k] for row, own in zip(found, rows)])
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found)]))
 
 
 def is_match(best_dist: float, threshold: float) -> bool:

@@ -10,9 +10,15 @@ With --add, the images that are not in the index yet are added to it as a new pa
 have been written by the same checkpoint with the same extraction, and keeps its naming. An index is
 written whole or not at all: a run that stops early leaves the index as it was.
 
+--search chooses how search.py searches the index (gallery.py): exact (the default; memory-mapped,
+bounded memory), faiss_exact or faiss_ivf (approximate; its recall@10 against exact is measured,
+printed and stored), which need `pip install faiss-cpu`. The index remembers it; --add keeps it
+unless --search is given, and rebuilds the faiss index.
+
     python index.py --name ft_ResNet50 --images ../my_crops --index my_index
     python index.py --name ft_ResNet50 --images ../more_crops --index my_index --add
     python index.py --name ft_ResNet50 --images ../Market/pytorch/gallery --naming ../Market/pytorch --index market
+    python index.py --name ft_ResNet50 --images ../week_of_crops --index week --search faiss_ivf
 """
 
 import argparse
@@ -24,7 +30,20 @@ import numpy as np
 
 from data import image_labels, image_list, naming_option, naming_pattern
 from features import add_trained_model_args, load_for_extraction
-from gallery import INDEX_FILE, UNKNOWN, add_part, check_comparable, create_index, new_meta, open_index
+from gallery import (
+    INDEX_FILE,
+    METHODS,
+    NPROBE,
+    UNKNOWN,
+    add_part,
+    build_faiss,
+    check_comparable,
+    create_index,
+    import_faiss,
+    new_meta,
+    open_index,
+    write_meta,
+)
 from utils import HelpFormatter, UserError, add_device_args, at_least_one, run_main, setup_logging
 
 SHOWN = 3  # file names an error lists
@@ -45,6 +64,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "ids); none: the images are unlabelled",
     )
     group.add_argument("--batchsize", type=at_least_one, default=64, help="images per forward pass")
+    group.add_argument(
+        "--search",
+        choices=METHODS,
+        help="how search.py searches it: exact, faiss_exact or faiss_ivf (approximate; faiss-cpu); "
+        "default: exact for a new index, the index's own with --add",
+    )
+    group.add_argument(
+        "--nprobe",
+        type=at_least_one,
+        default=NPROBE,
+        help="faiss_ivf: lists read per query (more: better recall, slower)",
+    )
     add_trained_model_args(parser)
     add_device_args(parser)
     return parser.parse_args(argv)
@@ -81,6 +112,8 @@ def main(argv=None) -> dict:
         raise UserError(f"--index {folder}: no index there to add to; drop --add to write a new one")
     if not exists and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"--index {folder} exists and is not a gallery index: pass another --index")
+    if args.search not in (None, "exact"):
+        import_faiss()  # before any work
     paths = list(dict.fromkeys(Path(os.path.abspath(p)) for p in image_list(args.images, "--images")))
     start = time.perf_counter()
     trained = load_for_extraction(args, logger)
@@ -103,7 +136,7 @@ def main(argv=None) -> dict:
     labels = image_labels_of(new, naming, ids)  # before extracting anything: a bad name fails fast
     if not new:
         logger.info(f"nothing to add: the {len(paths)} images of {args.images} are in {folder} already")
-        return index.meta
+        return search_method(folder, index.meta, args, logger)
     features = trained.extract(new, args.batchsize, args.progress, desc="index")
     elapsed = time.perf_counter() - start
     if exists:
@@ -111,7 +144,7 @@ def main(argv=None) -> dict:
     else:
         pattern = None if naming is None else naming.pattern
         cameras = naming is not None and "cam" in naming.groupindex
-        meta = new_meta(trained.provenance, features.shape[1], pattern, ids, cameras)
+        meta = new_meta(trained.provenance, features.shape[1], pattern, ids, cameras, args.search or "exact")
         meta = create_index(folder, meta, features, [str(p) for p in new], labels)
     total = sum(part["rows"] for part in meta["parts"])
     already = f" ({len(paths) - len(new)} were in it already)" if exists else ""
@@ -120,6 +153,33 @@ def main(argv=None) -> dict:
         f"({len(new) / elapsed:.1f} img/s) -> {folder}: {total} images, {meta['dim']}-d features, "
         f"{'labels from ' + repr(meta['naming']) if meta['naming'] is not None else 'unlabelled'}"
     )
+    return search_method(folder, meta, args, logger)
+
+
+def search_method(folder: Path, meta: dict, args, logger) -> dict:
+    """Give the index its search method (--search, else its own): build its faiss index when the
+    method needs one that does not hold every image yet; return the index.json written."""
+    current = meta.get("search", {"method": "exact"})
+    method = args.search or current["method"]
+    size = sum(part["rows"] for part in meta["parts"])
+    if method == "exact":
+        record = {"method": method}
+    elif (
+        method == current["method"]
+        and current.get("rows") == size
+        and (method != "faiss_ivf" or current["nprobe"] == min(args.nprobe, current["nlist"]))
+    ):
+        return meta  # up to date
+    else:
+        record = build_faiss(open_index(folder), method, args.nprobe)
+        recall = f", recall@10 against exact {record['recall_at_10']:.4f}" if "recall_at_10" in record else ""
+        lists = f" ({record['nlist']} lists, {record['nprobe']} read per query)" if "nlist" in record else ""
+        logger.info(
+            f"built the {method} index{lists} of {size} images in {record['build_seconds']:.1f} s{recall}"
+        )
+    if record != current:
+        meta = {**meta, "search": record}
+        write_meta(folder, meta)
     return meta
 
 

@@ -3,15 +3,15 @@ CSV, a contact sheet and an HTML page.
 
 Reads the gallery index --index (index.py), the trained model that wrote it (--name, --which_epoch:
 the same checkpoint, or it stops) and the query images of --query (an image, a folder and all its
-subfolders, or a text file listing images). Each query's --top_k nearest gallery images come from an
-exact search of the whole index (gallery.search). A query file that is in the index itself is left out
+subfolders, or a text file listing images). Each query's --top_k nearest gallery images come from the
+index's search method (index.py --search): by default an exact search of the whole index. A query file that is in the index itself is left out
 of its own results. The answer is "match" when the best distance is within the threshold (--threshold,
 else the one calibrate.py stored in the index) and "no match" above it; without a threshold there is
 no answer. When the index has labels and a query's name gives them with the index's naming, the
 results are framed by the Market-1501 rule: match (the same person from another camera), wrong, junk.
 
 Writes the folder --output, replaced as a whole on the next run:
-    results.json   the index, model, threshold, and per query: its answer, best distance, id and
+    results.json   the index, its search method, model, threshold, and per query: its answer, best distance, id and
                    camera when known, and its results (rank, gallery path, distance, id, camera, kind)
     results.csv    one row per query and rank: query, query_id, query_cam, answer, rank, gallery,
                    distance, gallery_id, gallery_cam, kind (empty when unknown)
@@ -35,7 +35,7 @@ import numpy as np
 
 from data import image_labels, image_list, load_image, naming_pattern
 from features import add_trained_model_args, load_for_extraction
-from gallery import add_answer_args, check_comparable, is_match, open_index, search
+from gallery import add_answer_args, check_comparable, is_match, open_index, search_index
 from pages import Thumbnails, contact_sheet, match_kinds, search_page, write_folder
 from utils import HelpFormatter, UserError, add_device_args, run_main, setup_logging
 
@@ -111,7 +111,7 @@ def results_of(args, index, paths, q_f, threshold, origin) -> dict:
     top_k = min(args.top_k, index.size - bool((exclude >= 0).any()))
     if top_k < 1:
         raise UserError(f"--index {index.folder} holds only the query's own image: nothing to search")
-    found, dists = search(q_f, index.parts, top_k, exclude)
+    found, dists = search_index(index, q_f, top_k, exclude)
     cameras = index.meta["cameras"]
     labelled = index.meta["naming"] is not None
     queries = []
@@ -134,6 +134,7 @@ def results_of(args, index, paths, q_f, threshold, origin) -> dict:
     return {
         "index": str(index.folder),
         "index_size": index.size,
+        "search": index.meta.get("search", {"method": "exact"}),
         "model": index.meta["model"],
         "checkpoint_sha256": index.meta["checkpoint_sha256"],
         "extraction": index.meta["extraction"],

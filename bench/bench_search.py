@@ -7,13 +7,17 @@
    against a brute-force full sort. It prints the size on disk, the time to open, the latencies and the
    child's peak memory while searching (taken before the check), which includes the index pages the
    search has read (file pages the OS can drop), and the process's own memory (RssAnon) after it.
+   --methods adds the faiss methods of index.py --search: for each, a child builds its faiss index
+   (gallery.build_faiss: the build time, its peak memory and, for faiss_ivf, the recall@10 index.py
+   stores) and another searches it as above; faiss_exact is checked against the full sort, faiss_ivf's
+   top 10 of the 100 queries is compared with it (recall@10).
 2. Indexing (--crops crops, default 10,000; 0 skips it): synthetic crops (tools/synthetic.py) and an
    untrained --backbone at --height x --width (its weights do not change the speed), saved as
    model/bench; then `python index.py` indexes them in a child process, timed whole (start-up, model,
    reading and decoding the JPEGs, extraction with flip, writing the index).
 
     python bench/bench_search.py
-    python bench/bench_search.py --size 1000000 --crops 0
+    python bench/bench_search.py --size 1000000 --crops 0 --methods exact,faiss_exact,faiss_ivf
 """
 
 import argparse
@@ -43,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--size", type=int, default=100_000, help="gallery features in the index")
     parser.add_argument("--repeat", type=int, default=20, help="single-query searches timed")
+    parser.add_argument(
+        "--methods", default="exact", help="comma-separated search methods of index.py --search to measure"
+    )
     parser.add_argument("--crops", type=int, default=10_000, help="crops to index with index.py; 0: skip")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--height", type=int, default=128)
@@ -50,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (new or empty) and keep it")
     parser.add_argument("--child", metavar="INDEX", help=argparse.SUPPRESS)
     parser.add_argument("--write", metavar="INDEX", help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, metavar=("METHOD", "INDEX"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -69,31 +77,47 @@ def write_index(folder: Path, size: int) -> np.ndarray:
     return feats["query_f"]
 
 
+def build(method: str, index_dir: str) -> None:
+    """Build the faiss index of `method` (as index.py --search does), record it in index.json, report."""
+    import gallery
+
+    index = gallery.open_index(index_dir)
+    record = gallery.build_faiss(index, method)
+    gallery.write_meta(index.folder, {**index.meta, "search": record})
+    report(**record)
+
+
 def child(index_dir: str, repeat: int) -> None:
-    """Open the index, time the searches, check them, report (common.report)."""
+    """Open the index, time the searches with its method, check them, report (common.report)."""
     import gallery
 
     queries = np.load(Path(index_dir).parent / "queries.npy")
     start = time.perf_counter()
     index = gallery.open_index(index_dir)
+    if index.meta["search"]["method"] != "exact":
+        gallery.faiss_of(index)  # faiss reads its index into memory
     open_s = time.perf_counter() - start
-    gallery.search(queries[:1], index.parts, K)  # the page cache holds the index from here on
+    gallery.search_index(index, queries[:1], K)  # the page cache holds the index from here on
     single = []
     for i in range(repeat):
         start = time.perf_counter()
-        gallery.search(queries[i % len(queries)][None], index.parts, K)
+        gallery.search_index(index, queries[i % len(queries)][None], K)
         single.append(time.perf_counter() - start)
     start = time.perf_counter()
-    found, _ = gallery.search(queries, index.parts, K)
+    found, _ = gallery.search_index(index, queries, K)
     batch_s = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check's full matrix
     status = Path("/proc/self/status")
     anon = next((int(line.split()[1]) / 1024 for line in status.read_text().splitlines()
                  if line.startswith("RssAnon:")), float("nan")) if status.is_file() else float("nan")  # fmt: skip
+    exact, _ = gallery.search(queries, index.parts, K)  # the exact search, checked on 5 queries below
     dist = np.concatenate([-(queries[:5] @ part.T) for part in index.parts], axis=1)  # brute force: every
-    assert (found[:5] == np.argsort(dist, axis=1, kind="stable")[:, :K]).all()  # distance of 5, sorted
+    assert (exact[:5] == np.argsort(dist, axis=1, kind="stable")[:, :K]).all()  # distance of 5, sorted
+    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, exact)]))
+    if index.meta["search"]["method"] != "faiss_ivf":
+        assert (found == exact).all()
     report(open_s=open_s, single_ms=1000 * float(np.median(single)), batch_s=batch_s, size=index.size,
-           search_peak_mb=peak, anon_mb=anon)  # fmt: skip
+           search_peak_mb=peak, anon_mb=anon, recall=recall)  # fmt: skip
 
 
 def index_crops(work: Path, args) -> dict:
@@ -136,6 +160,8 @@ def main(argv=None) -> None:
         return report(write_s=time.perf_counter() - start)
     if args.child:
         return child(args.child, args.repeat)
+    if args.build:
+        return build(*args.build)
     print(f"$ python bench/bench_search.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(
         f"machine: {conditions()}"
@@ -146,17 +172,39 @@ def main(argv=None) -> None:
         )
         size = sum(f.stat().st_size for f in (work / "index").iterdir())
         print(f"{written['write_s']:7.1f} s  wrote an index of {args.size:,} random 512-d features")
-        result = run_child(
-            [str(Path(__file__).resolve()), "--child", str(work / "index"), "--repeat", str(args.repeat)]
-        )
-        print(
-            f"index of {result['size']:,} features, 512-d: {size / 2**20:.1f} MB on disk; opened (memory-mapped) in "
-            f"{1000 * result['open_s']:.1f} ms; top {K} of 1 query: {result['single_ms']:.1f} ms (median of "
-            f"{args.repeat}); top {K} of 100 queries at once: {result['batch_s']:.2f} s "
-            f"({1000 * result['batch_s'] / 100:.1f} ms per query); peak memory while searching "
-            f"{result['search_peak_mb']:.0f} MB resident (the index pages read included: file cache the OS can drop), "
-            f"{result['anon_mb']:.0f} MB of the process's own (RssAnon, after the searches); exact: equal to a full sort"
-        )
+        for method in args.methods.split(","):
+            if method != "exact":
+                built = run_child([str(Path(__file__).resolve()), "--build", method, str(work / "index")])
+                lists = (
+                    f", {built['nlist']} lists, {built['nprobe']} read per query" if "nlist" in built else ""
+                )
+                recall = (
+                    f"; recall@10 against exact (index.py's): {built['recall_at_10']:.4f}"
+                    if "nlist" in built
+                    else ""
+                )
+                faiss_mb = (work / "index" / "faiss.index").stat().st_size / 2**20
+                print(
+                    f"{method}{lists}: built in {built['build_seconds']:.1f} s (peak memory {built['peak_mb']:.0f} MB), "
+                    f"faiss.index {faiss_mb:.1f} MB{recall}"
+                )
+            result = run_child(
+                [str(Path(__file__).resolve()), "--child", str(work / "index"), "--repeat", str(args.repeat)]
+            )
+            where = "opened (memory-mapped)" if method == "exact" else "opened (faiss.index read into memory)"
+            check = (
+                "exact: equal to a full sort"
+                if method != "faiss_ivf"
+                else f"recall@10 of the 100 queries: {result['recall']:.4f}"
+            )
+            print(
+                f"{method}: index of {result['size']:,} features, 512-d: {size / 2**20:.1f} MB on disk; {where} in "
+                f"{1000 * result['open_s']:.1f} ms; top {K} of 1 query: {result['single_ms']:.1f} ms (median of "
+                f"{args.repeat}); top {K} of 100 queries at once: {result['batch_s']:.2f} s "
+                f"({1000 * result['batch_s'] / 100:.1f} ms per query, {100 / result['batch_s']:.0f} queries/s); peak memory "
+                f"while searching {result['search_peak_mb']:.0f} MB resident (the index pages read included: file cache "
+                f"the OS can drop), {result['anon_mb']:.0f} MB of the process's own (RssAnon, after the searches); {check}"
+            )
         if args.crops:
             crops = index_crops(work, args)
             print(

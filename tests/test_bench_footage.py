@@ -1,6 +1,7 @@
 """bench/bench_threshold.py and bench/bench_search.py: their pieces on hand-made features, and each
 whole benchmark with short settings (the real runs take minutes; their output is in bench/logs/)."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -90,10 +91,17 @@ def test_bench_threshold_skips_without_cuhk01(monkeypatch, tmp_path, capsys):
 
 
 def test_bench_search_short_run(tmp_path, capsys):
+    methods = "exact,faiss_exact,faiss_ivf" if importlib.util.find_spec("faiss") else "exact"
     bench_search.main(["--size", "2000", "--repeat", "2", "--crops", "24", "--height", "64", "--width", "32",
-                       "--keep", str(tmp_path / "run")])  # fmt: skip
+                       "--keep", str(tmp_path / "run"), "--methods", methods])  # fmt: skip
     out = capsys.readouterr().out
-    assert "index of 2,000 features, 512-d: " in out and "exact: equal to a full sort" in out
+    assert "exact: index of 2,000 features, 512-d: " in out and "exact: equal to a full sort" in out
+    if methods != "exact":
+        assert "faiss_exact: index of 2,000 features" in out and out.count("exact: equal to a full sort") == 2
+        assert (
+            "faiss_ivf, 51 lists, 32 read per query: built in" in out
+            and "recall@10 of the 100 queries: " in out
+        )
     assert "indexing 24 crops (resnet18 64x32, image + flip, float32)" in out
     assert "indexed 24 images with model/bench epoch last" in out
 

@@ -180,14 +180,15 @@ def test_tiny_run_prepares_trains_tests_and_reports(tmp_path, capsys):
     assert "machine: " in out and f"torch {torch.__version__}" in out
 
 
-def test_strong_runs_add_only_the_bag_of_tricks(tmp_path):
+def test_strong_runs_are_the_bag_of_tricks_recipe(tmp_path):
     args = bench_real.parse_args(["--pretrained_path", str(tmp_path / "w.pth")])
     classic = train.parse_args([*bench_real.train_args("mobilenet_v2", args, tmp_path), "--total_epoch", "3"])
-    for name in ("mobilenet_v2_strong", "osnet_x1_0_strong"):
+    for name, lr in (("mobilenet_v2_strong", 0.00035), ("osnet_x1_0_strong", 0.0015)):
         opts = train.parse_args([*bench_real.train_args(name, args, tmp_path), "--total_epoch", "3"])
         assert opts.sampler == "pk" and opts.num_instances == 4 and opts.neck == "bnneck" and opts.stride == 1
-        assert opts.label_smoothing == 0.1 and opts.triplet and not opts.center
-        same = ["train_all", "batchsize", "erasing_p", "warm_epoch", "cosine", "lr", "height", "width"]
+        assert opts.label_smoothing == 0.1 and opts.triplet and opts.center and opts.batchsize == 64
+        assert opts.optimizer == "adam" and opts.backbone_lr == 1 and opts.lr == lr  # every layer at lr
+        same = ["train_all", "erasing_p", "warm_epoch", "cosine", "height", "width"]
         assert all(getattr(opts, key) == getattr(classic, key) for key in same)
     mobilenet = train.parse_args(bench_real.train_args("mobilenet_v2_strong", args, tmp_path))
     assert mobilenet.backbone == "mobilenet_v2" and Path(mobilenet.pretrained_path) == tmp_path / "w.pth"
@@ -202,7 +203,7 @@ def test_strong_runs_add_only_the_bag_of_tricks(tmp_path):
 
 
 def test_tiny_run_of_the_strong_recipe_from_scratch(tmp_path, capsys):
-    raw = write_raw_market(tmp_path / "raw")
+    raw = write_raw_market(tmp_path / "raw", n_train=16)  # one batch of the recipe's 16 ids x 4 images
     work = tmp_path / "work"
     argv = ["--data_dir", str(raw), "--budget_minutes", "0", "--models", "osnet_x1_0_strong", "--height", "64",
             "--width", "32", "--keep", str(work), "--rerank", "6,3,0.3"]  # fmt: skip

@@ -162,7 +162,7 @@ def test_search_json_and_csv_on_a_tiny_index_with_a_known_answer(work, tiny_prep
                            "--output", "found", *MODEL])  # fmt: skip
     saved = json.loads((work / "found" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert set(saved) == {"index", "index_size", "model", "checkpoint_sha256", "extraction", "distance",
+    assert set(saved) == {"index", "index_size", "search", "model", "checkpoint_sha256", "extraction", "distance",
                           "threshold", "threshold_from", "top_k", "queries"}  # fmt: skip
     assert (saved["index_size"], saved["top_k"], saved["threshold"], saved["threshold_from"]) == (
         8,
@@ -316,3 +316,98 @@ def test_counts_are_checked_by_argparse(script, argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         script.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# faiss search methods (index.py --search): skipped when faiss is not installed.
+
+
+def random_index(folder: Path, n: int, dim: int = 32, parts: int = 2) -> gallery.GalleryIndex:
+    """An index of n random unit features in `parts` parts, as index.py writes it."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((n, dim)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    provenance = {"model": "model/x epoch last", "model_dir": "model/x", "model_epoch": "last",
+                  "checkpoint_sha256": "0" * 64, "extraction": "none"}  # fmt: skip
+    meta = gallery.new_meta(provenance, dim, None, None, False)
+    labels = np.full((n, 2), gallery.UNKNOWN)
+    pieces = np.array_split(np.arange(n), parts)
+    meta = gallery.create_index(
+        folder, meta, features[pieces[0]], [f"{i}.jpg" for i in pieces[0]], labels[pieces[0]]
+    )
+    for piece in pieces[1:]:
+        meta = gallery.add_part(folder, meta, features[piece], [f"{i}.jpg" for i in piece], labels[piece])
+    return gallery.open_index(folder)
+
+
+def with_search(index: gallery.GalleryIndex, record: dict) -> gallery.GalleryIndex:
+    gallery.write_meta(index.folder, {**index.meta, "search": record})
+    return gallery.open_index(index.folder)
+
+
+def test_faiss_exact_equals_the_exact_search_and_faiss_ivf_reports_its_recall(tmp_path):
+    pytest.importorskip("faiss")
+    index = random_index(tmp_path / "idx", 4000)
+    q_f = index.features()[:50] + 0.01  # near their own image, not equal: no ties
+    q_f /= np.linalg.norm(q_f, axis=1, keepdims=True)
+    exclude = np.r_[np.arange(10), np.full(40, -1)]  # the first 10 leave out their own image
+    exact_i, exact_d = gallery.search(q_f, index.parts, 10, exclude)
+    flat = with_search(index, gallery.build_faiss(index, "faiss_exact"))
+    flat_i, flat_d = gallery.search_index(flat, q_f, 10, exclude)
+    assert (flat_i == exact_i).all() and np.abs(flat_d - exact_d).max() < 1e-4
+    assert not (flat_i[:10] == np.arange(10)[:, None]).any()
+    # The approximate index: nlist from the size; recall@10 measured against the exact search.
+    record = gallery.build_faiss(index, "faiss_ivf", nprobe=1)
+    assert (
+        record["nlist"] == gallery.ivf_lists(4000) == 102 and record["nprobe"] == 1 and record["rows"] == 4000
+    )
+    assert 0 < record["recall_at_10"] < 0.9  # one list of 102 read: many true neighbours missed
+    ivf = with_search(index, record)
+    ivf_i, _ = gallery.search_index(ivf, q_f, 10, exclude)
+    measured = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf_i, exact_i)])
+    assert 0 < measured < 1
+    # Every list read: the approximate index finds exactly the exact top 10.
+    full = with_search(index, gallery.build_faiss(index, "faiss_ivf", nprobe=1000))
+    assert (
+        full.meta["search"]["recall_at_10"] == 1.0
+        and (gallery.search_index(full, q_f, 10, exclude)[0] == exact_i).all()
+    )
+    # An index whose faiss file holds fewer images than it has: a one-line error, not wrong answers.
+    stale = with_search(index, {**full.meta["search"], "rows": 3000})
+    with pytest.raises(UserError, match="holds 3000 of the 4000 images .*run index.py --add on it again"):
+        gallery.search_index(stale, q_f, 10)
+
+
+def test_index_py_search_methods_end_to_end(work, tiny_prepared, capsys):
+    pytest.importorskip("faiss")
+    images = str(tiny_prepared / "gallery")
+    index_script.main(["--images", images, "--index", "exact", *MODEL])
+    meta = index_script.main(["--images", images, "--index", "ivf", "--search", "faiss_ivf", *MODEL])
+    assert meta["search"]["method"] == "faiss_ivf" and meta["search"]["rows"] == 8
+    assert "built the faiss_ivf index (1 lists, 1 read per query) of 8 images" in capsys.readouterr().out
+    query = ["--query", str(tiny_prepared / "query"), "--top_k", "3", *MODEL]
+    by_exact = search.main(["--index", "exact", "--output", "a", *query])
+    by_ivf = search.main(["--index", "ivf", "--output", "b", *query])
+    assert by_ivf["search"]["method"] == "faiss_ivf" and by_exact["search"] == {"method": "exact"}
+    for a, b in zip(by_exact["queries"], by_ivf["queries"]):
+        assert [r["gallery"] for r in a["results"]] == [r["gallery"] for r in b["results"]]
+        assert np.allclose(
+            [r["distance"] for r in a["results"]], [r["distance"] for r in b["results"]], atol=1e-4
+        )
+    # --add switches the method when asked, and keeps it otherwise.
+    meta = index_script.main(
+        ["--images", images, "--index", "exact", "--add", "--search", "faiss_exact", *MODEL]
+    )
+    assert meta["search"]["method"] == "faiss_exact" and (work / "exact" / gallery.FAISS_FILE).is_file()
+    meta = index_script.main(["--images", images, "--index", "exact", "--add", *MODEL])
+    assert meta["search"]["method"] == "faiss_exact"
+
+
+def test_faiss_methods_without_faiss_are_a_one_line_error(work, tiny_prepared, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed: `import faiss` fails
+    with pytest.raises(SystemExit):
+        run_main(index_script.main, ["--images", str(tiny_prepared / "gallery"), "--index", "i",
+                                     "--search", "faiss_ivf", *MODEL])  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install faiss-cpu" in err
+    assert not (work / "i").exists()
