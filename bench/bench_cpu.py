@@ -7,10 +7,13 @@ memory are its own), one after the other, on the same synthetic data:
   path, channels_last), torch.compile of the model, and onnxruntime on the graph export.py writes;
 - test.py end to end (decoding the JPEGs, writing the features file), with each --backend and with
   --num_workers 0 and 1 (decoding in the main process, or in a worker beside it);
-- glibc's allocator keeping freed blocks for reuse (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
-  set in the child's environment) for eager extraction and for training;
+- glibc's allocator keeping freed blocks for reuse, the lever test.py and train.py adopted on CPUs
+  (utils.keep_freed_memory): each run "before" it has glibc's default instead (the child turns the
+  lever off), for eager extraction and for training;
 - train.py img/s (second epoch), float32 and, where the CPU has native bfloat16 (AVX512-BF16 or AMX),
-  bfloat16, with --num_workers 0 and 1.
+  bfloat16, with --num_workers 0 and 1, before the lever and with the defaults;
+- test.py under `torchrun --nproc_per_node 2` (gloo, one thread each) against one process (two
+  threads), with the defaults: the wall time of each, and the two features files compared.
 
     python bench/bench_cpu.py                                   # ResNet-50 256x128, MobileNetV2 128x64
     python bench/bench_cpu.py --models resnet18:128x64 --parts extract
@@ -26,9 +29,6 @@ from pathlib import Path
 from common import ROOT, machine, prepared_synthetic, report, run_child
 
 MODELS = "resnet50:256x128,mobilenet_v2:128x64"
-# glibc's default returns freed memory above 128 KiB to the system at once (mmap/munmap); these keep
-# it in the heap for reuse. 32 MiB is the largest mmap threshold glibc accepts on 64-bit systems.
-MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--before", action="store_true", help=argparse.SUPPRESS)  # glibc's default allocator
     return parser.parse_args(argv)
 
 
@@ -106,7 +107,7 @@ def test_child(args) -> None:
     save_yaml("model/bench/opts.yaml", {"model": config.to_dict(), "data_dir": args.data})
     torch.save(model.state_dict(), "model/bench/net_last.pth")
     extra = args.extra.split()
-    if "onnxruntime" in extra:
+    if "onnxruntime" in extra or "--backend" not in extra:  # exported before the clock (auto: once)
         export.main(["--name", "bench", "--check_images", "8"])
     start = time.perf_counter()
     extract.main(["--name", "bench", "--test_dir", args.data, "--gpu_ids", "-1", "--no-progress", *extra])
@@ -141,8 +142,9 @@ def measure(
         model,
         "--data",
         str(data),
-        f"--extra={extra}",  # one word: the options it holds start with --
+        f"--extra={' '.join(w for w in extra.split() if w != '--before')}",  # one word: they start with --
     ]
+    argv += ["--before"] if "--before" in extra.split() else []
     argv += ["--batches", str(args.batches)]
     os.environ.update(env or {})
     try:
@@ -152,8 +154,30 @@ def measure(
             del os.environ[key]
 
 
+def torchrun_run(data: Path, work: Path, model: str, nproc: int) -> tuple[float, Path]:
+    """The wall time of test.py (defaults) under torchrun with `nproc` processes (1: plain python), on
+    the untrained model model/bench that test_child saved for `model`; and the features file."""
+    import subprocess
+
+    result = work / f"torchrun{nproc}.mat"
+    argv = [str(ROOT / "test.py"), "--name", "bench", "--test_dir", str(data), "--gpu_ids", "-1", "--no-progress",
+            "--result_file", str(result)]  # fmt: skip
+    if nproc > 1:
+        argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, *argv], cwd=work, capture_output=True, text=True, check=False, env={
+        **os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})  # fmt: skip
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{run.stderr[-3000:]}")
+    return time.perf_counter() - start, result
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.before:
+        import utils
+
+        utils.keep_freed_memory = lambda: False  # glibc's default: what the runs measure the lever against
     if args.child in ("eager", "compile", "onnxruntime"):
         return extract_child(args)
     if args.child == "test":
@@ -180,23 +204,40 @@ def main(argv=None) -> None:
             if "extract" in parts:
                 for child in ("eager", "compile", "onnxruntime"):
                     line(f"extraction, in memory, {child}", child)
-                line("extraction, in memory, eager, malloc keeps freed blocks", "eager", env=MALLOC_KEEP)
+                line("extraction, in memory, eager, before keeping freed memory", "eager", "--before")
             if "test" in parts:
                 for backend in ("torch", "onnxruntime"):
                     for workers in ("0", "1"):
                         extra = f"--backend {backend} --num_workers {workers}"
                         line(f"test.py {extra}", "test", extra)
                 line("test.py (defaults)", "test")
+                if "," not in args.models or model == args.models.split(",")[0]:  # the first model's
+                    import numpy as np
+
+                    from features import load_features
+
+                    one, one_file = torchrun_run(data, Path(tmp), model, 1)
+                    two, two_file = torchrun_run(data, Path(tmp), model, 2)
+                    a, b = load_features(one_file), load_features(two_file)
+                    same = all(
+                        np.array_equal(a[k], b[k]) for k in ("query_label", "gallery_label", "gallery_cam")
+                    )
+                    diff = max(float(np.abs(a[k] - b[k]).max()) for k in ("query_f", "gallery_f"))
+                    print(f"test.py, 1 process: {one:.1f} s; torchrun --nproc_per_node 2 (gloo): {two:.1f} s "
+                          f"(x{one / two:.2f}); same images in the same order: {same}; largest feature "
+                          f"difference {diff:.1e}", flush=True)  # fmt: skip
             if "train" in parts:
-                for extra in ("--num_workers 0", "--num_workers 1", "--bf16"):
-                    line(f"train.py {extra}", "train", extra)
-                line(
-                    "train.py --num_workers 0, malloc keeps freed blocks",
+                before = line(
+                    "train.py --num_workers 0, before keeping freed memory",
                     "train",
-                    "--num_workers 0",
-                    MALLOC_KEEP,
+                    "--num_workers 0 --before",
                 )
-                line("train.py (defaults)", "train")
+                for extra in ("--num_workers 1", "--bf16"):
+                    line(f"train.py {extra}", "train", extra)
+                after = line("train.py (defaults)", "train")
+                print(
+                    f"train.py: x{after / before:.2f} img/s with the adopted levers (defaults against before)"
+                )
     print(f"\nmachine: {machine()}")
 
 
