@@ -163,7 +163,8 @@ def main(argv=None) -> dict | None:
         logger.info(f"nothing to add: the {len(paths)} images of {args.images} are in {folder} already")
         return None if rank else search_method(folder, index.meta, args, logger)
     join_processes(world, trained.device)
-    # An export is checked on the first images to index (a few ranked among themselves).
+    # An export is checked on the first images to index: the first ones rank the next (or, when there
+    # are only a few, each other).
     trained = with_backend(trained, args, lambda: (new[:CHECK_QUERIES], new[CHECK_QUERIES:] or new), logger)
     mine = shard(len(new), world, rank)  # this process's share, in order
     features = trained.extract([new[i] for i in mine], args.batchsize, args.progress, desc="index")
