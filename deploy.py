@@ -10,24 +10,34 @@ checkpoint it was made from (features.provenance), so a features file written wi
 
 `export_onnx` writes the file and `check_parity` compares it with PyTorch on real images: the largest
 difference of the features and whether the top-10 gallery ranking of every query is the same.
-`OnnxFeatures` runs a file with onnxruntime for test.py's `--backend onnxruntime`.
+`OnnxFeatures` runs a file with onnxruntime.
+
+What test.py and index.py share to extract with it, and with several processes: `--backend` and
+`--onnx` (`add_backend_args`; auto: onnxruntime on a CPU, exported and checked the first time,
+`load_backend`), and under torchrun (`join_processes`) each process extracting its share of the images
+(`shard`) and the first gathering them in order (`gather_shards`).
 
 onnx, onnxscript (the exporter) and onnxruntime are imported only here, inside the functions.
 """
 
 import io
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from data import IMAGENET_MEAN, IMAGENET_STD
-from features import embed_batch
+from features import TrainedModel, embed_batch, extraction_name
 from model import ModelConfig
 from utils import UserError, atomic_write
 
 INPUT, OUTPUT = "images", "features"  # the graph's input and output names
 TOLERANCE = 1e-4  # the largest difference of unit features (float32) an export may have
+CHECK_QUERIES, CHECK_GALLERY = 32, 128  # the images an export of --backend auto is checked on
 EXPORT_INSTALL = "pip install onnx onnxscript onnxruntime"
 
 
@@ -194,3 +204,181 @@ def check_parity(torch_f: np.ndarray, onnx_f: np.ndarray, n_query: int, top_k: i
     gap = np.abs(np.take_along_axis(dist, top, axis=1) - np.take_along_axis(dist, onnx_top, axis=1))
     different = int(np.sum(np.any(gap > TOLERANCE, axis=1)))
     return {"max_abs_diff": float(np.max(np.abs(torch_f - onnx_f))), "rankings_differ": different}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Extracting with the export, and with several processes: test.py and index.py.
+
+
+def add_backend_args(parser) -> None:
+    """--backend and --onnx: what runs the model (test.py, index.py)."""
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the model: PyTorch, or onnxruntime on the ONNX file of export.py; auto: "
+        "onnxruntime on a CPU (the faster there) when it can, else PyTorch",
+    )
+    parser.add_argument(
+        "--onnx", help="the ONNX file for --backend onnxruntime (default: model/NAME/net_EPOCH.onnx)"
+    )
+
+
+def exported_computation(args) -> bool:
+    """Whether the run computes what an export does: one scale (test.py --ms), float32."""
+    return getattr(args, "ms", "1") == "1" and not (args.fp16 or args.bf16)
+
+
+def check_backend_args(parser, args) -> None:
+    """Refuse --backend onnxruntime with what the exported graph does not compute."""
+    if args.backend == "onnxruntime" and not exported_computation(args):
+        drop = "--ms, --fp16, --bf16" if hasattr(args, "ms") else "--fp16, --bf16"
+        parser.error(
+            f"--backend onnxruntime runs the exported graph as it is: one scale, float32 (drop {drop})"
+        )
+
+
+def choose_backend(args, device) -> str:
+    """--backend auto: onnxruntime on a CPU when its packages are installed and the run is what an
+    export computes (one scale, float32); PyTorch otherwise."""
+    if args.backend != "auto":
+        return args.backend
+    return "onnxruntime" if device.type == "cpu" and exported_computation(args) and available() else "torch"
+
+
+class Backend(NamedTuple):
+    """What features.extract runs: `model`, with `compute` (None: features.embed_batch) and
+    `normalize` (whether the images are ImageNet-normalised before, or the graph does it)."""
+
+    model: object  # the PyTorch model on the device, or an OnnxFeatures
+    compute: object
+    normalize: bool
+    onnx_file: Path | None  # the ONNX file onnxruntime runs, for features.extraction_name
+
+
+def load_backend(
+    args,
+    model: torch.nn.Module,
+    config: ModelConfig,
+    checkpoint: Path,
+    origin: dict,
+    device: torch.device,
+    check_images: Callable[[], tuple[list[Path], list[Path]]],
+    logger,
+) -> Backend:
+    """The --backend of add_backend_args for the trained `model` (its weights the file `checkpoint`,
+    its provenance `origin`): onnxruntime on its ONNX file (onnx_runner) when choose_backend says so
+    and that works, else `model` on `device`."""
+    if choose_backend(args, device) == "onnxruntime":
+        onnx = onnx_runner(args, model, config, checkpoint, origin, device, check_images, logger)
+        if onnx is not None:
+            return onnx
+    return Backend(model.to(device, memory_format=torch.channels_last), None, True, None)
+
+
+def onnx_runner(
+    args,
+    model: torch.nn.Module,
+    config: ModelConfig,
+    checkpoint: Path,
+    origin: dict,
+    device: torch.device,
+    check_images: Callable[[], tuple[list[Path], list[Path]]],
+    logger,
+) -> Backend | None:
+    """--backend onnxruntime: the exported model of `checkpoint` (--onnx, else beside it), exported
+    first when --backend auto finds none, or one of an older checkpoint, and checked against PyTorch on
+    the first CHECK_QUERIES and CHECK_GALLERY of `check_images()` (queries, gallery); None when auto's
+    export fails. Under torchrun the first process exports, and every process then gets its outcome,
+    so an error is the same one line from each."""
+    path = Path(args.onnx or checkpoint.with_suffix(".onnx"))
+    exported, failure = True, None
+    if args.backend == "auto" and not args.onnx and int(os.environ.get("RANK", "0")) == 0:
+        try:
+            meta = OnnxFeatures(path).metadata if path.is_file() else {}
+            if (
+                meta.get("checkpoint_sha256") != origin["checkpoint_sha256"]
+            ):  # absent, or of an older checkpoint
+                queries, gallery = check_images()
+                queries, gallery = queries[:CHECK_QUERIES], gallery[:CHECK_GALLERY]
+                try:
+                    parity = export_checked(model, config, path, origin, queries + gallery, len(queries))
+                    logger.info(f"exported {path} for onnxruntime; against PyTorch: {parity['summary']}")
+                except UserError as err:  # a network the exporter cannot take: PyTorch runs it
+                    logger.warning(f"warning: {err}; extracting with PyTorch")
+                    exported = False
+        except UserError as err:
+            failure = str(err)
+    if dist.is_initialized():  # the other processes wait for the first one's export, and its outcome
+        outcome = [exported, failure]
+        dist.broadcast_object_list(outcome, src=0)
+        exported, failure = outcome
+    if failure:
+        raise UserError(failure)
+    if not exported:
+        return None
+    runner = OnnxFeatures(path, device)
+    meta = runner.metadata
+    if meta.get("flip") != "in the graph" or meta.get("l2") != "in the graph":
+        if args.backend == "auto":  # an export made for an application that does these itself
+            logger.warning(
+                f"warning: {path} leaves the flip sum or the L2 normalisation out; extracting with PyTorch"
+            )
+            return None
+        raise UserError(
+            f"{path} leaves the flip sum or the L2 normalisation out; export it again without --no-flip/--no-l2"
+        )
+    if meta.get("checkpoint_sha256") != origin["checkpoint_sha256"]:
+        raise UserError(f"{path} was exported from another checkpoint than {checkpoint}; export it again")
+    # features.extract calls compute(runner, images), which is runner(images).
+    return Backend(runner, OnnxFeatures.__call__, meta["imagenet_normalisation"] == "outside", path)
+
+
+def with_backend(
+    trained: TrainedModel, args, check_images: Callable[[], tuple[list[Path], list[Path]]], logger
+) -> TrainedModel:
+    """`trained` (features.load_for_extraction) run by the --backend of add_backend_args
+    (load_backend), its provenance naming the ONNX file when onnxruntime runs it."""
+    backend = load_backend(args, trained.model, trained.config, trained.checkpoint, trained.provenance,
+                           trained.device, check_images, logger)  # fmt: skip
+    if backend.onnx_file is None:
+        return trained
+    extraction = extraction_name((1.0,), trained.config, trained.amp_dtype, backend.onnx_file)
+    return trained._replace(
+        model=backend.model,
+        compute=backend.compute,
+        normalize=backend.normalize,
+        provenance={**trained.provenance, "extraction": extraction},
+    )
+
+
+def world_and_rank() -> tuple[int, int]:
+    """The number of processes torchrun started and this one's rank; (1, 0) without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def join_processes(world: int, device: torch.device) -> None:
+    """Under torchrun (`world` > 1): join the other processes, with NCCL on GPUs and gloo on CPUs."""
+    if world > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+
+
+def leave_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n: int, world: int, rank: int) -> np.ndarray:
+    """The indices of this process's share of `n` images: consecutive, in order, all sizes within one."""
+    return np.array_split(np.arange(n), world)[rank]
+
+
+def gather_shards(f: np.ndarray, world: int, rank: int) -> np.ndarray | None:
+    """The features of every process's share, in order, on the first process (None on the others)."""
+    if world == 1:
+        return f
+    shards = [None] * world if rank == 0 else None
+    dist.gather_object(f, shards, dst=0)
+    return np.concatenate(shards) if rank == 0 else None

@@ -105,21 +105,27 @@ def extract(
 
 
 class TrainedModel(NamedTuple):
-    """A trained model ready to extract features (`load_for_extraction`)."""
+    """A trained model ready to extract features (`load_for_extraction`; deploy.with_backend runs it
+    with onnxruntime instead)."""
 
-    model: object  # the network, in eval mode, on `device`
+    model: object  # the network, in eval mode, on `device` (or a deploy.OnnxFeatures)
     input_size: tuple[int, int]  # (height, width)
     device: object  # torch.device
     amp_dtype: object  # the autocast dtype, or None for float32
     num_workers: int
     provenance: dict  # the provenance keys of the features it extracts at scale 1
+    config: object  # model.ModelConfig
+    checkpoint: Path  # the weights file
+    compute: object = None  # extract's compute for its features: None for embed_batch
+    normalize: bool = True  # whether extract normalises the images (False: the ONNX graph does)
 
     def extract(
         self, paths: list[Path], batchsize: int, progress: bool, desc: str = "", compute=None
     ) -> np.ndarray:
         """`extract` with this model: features (N, D) at scale 1, or `compute(model, images)`."""
         return extract(self.model, paths, self.input_size, self.device, self.amp_dtype, batchsize,
-                       self.num_workers, progress=progress, desc=desc, compute=compute)  # fmt: skip
+                       self.num_workers, progress=progress, desc=desc, compute=compute or self.compute,
+                       normalize=self.normalize)  # fmt: skip
 
 
 def load_for_extraction(args, logger) -> TrainedModel:
@@ -135,10 +141,17 @@ def load_for_extraction(args, logger) -> TrainedModel:
     device = select_device(args.gpu_ids, logger)
     amp_dtype = run_precision(args, device, logger)
     model = model.to(device, memory_format=torch.channels_last)
-    extraction = extraction_name((1.0,), config, amp_dtype)
-    origin = provenance(run_dir, args.which_epoch, checkpoint_path(run_dir, args.which_epoch), extraction)
+    checkpoint = checkpoint_path(run_dir, args.which_epoch)
+    origin = provenance(run_dir, args.which_epoch, checkpoint, extraction_name((1.0,), config, amp_dtype))
     return TrainedModel(
-        model, (config.height, config.width), device, amp_dtype, num_workers(args, device), origin
+        model,
+        (config.height, config.width),
+        device,
+        amp_dtype,
+        num_workers(args, device),
+        origin,
+        config,
+        checkpoint,
     )
 
 

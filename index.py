@@ -15,10 +15,18 @@ bounded memory), faiss_exact or faiss_ivf (approximate; its recall@10 against ex
 printed and stored), which need `pip install faiss-cpu`. The index remembers it; --add keeps it
 unless --search is given, and rebuilds the faiss index.
 
+What runs the model (`--backend`) is chosen as in test.py: on a CPU, onnxruntime on the ONNX model
+of the checkpoint (exported first, and checked against PyTorch on the first images to index, when it
+is absent or of an older checkpoint; `--onnx FILE` for another file), else PyTorch; the index's
+extraction names the ONNX file, and its features compare with PyTorch's. Under torchrun each process
+extracts its share of the new images (gloo on CPUs, NCCL on GPUs) and the first writes the index, the
+same as one process writes.
+
     python index.py --name ft_ResNet50 --images ../my_crops --index my_index
     python index.py --name ft_ResNet50 --images ../more_crops --index my_index --add
     python index.py --name ft_ResNet50 --images ../Market/pytorch/gallery --naming ../Market/pytorch --index market
     python index.py --name ft_ResNet50 --images ../week_of_crops --index week --search faiss_ivf
+    torchrun --nproc_per_node=2 index.py --name ft_ResNet50 --images ../my_crops --index my_index
 """
 
 import argparse
@@ -29,6 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from data import image_labels, image_list, naming_option, naming_pattern
+from deploy import (
+    CHECK_QUERIES,
+    add_backend_args,
+    check_backend_args,
+    gather_shards,
+    join_processes,
+    leave_processes,
+    shard,
+    with_backend,
+    world_and_rank,
+)
 from features import add_trained_model_args, load_for_extraction
 from gallery import (
     INDEX_FILE,
@@ -76,9 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=NPROBE,
         help="faiss_ivf: lists read per query (more: better recall, slower)",
     )
+    add_backend_args(parser)
     add_trained_model_args(parser)
     add_device_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_backend_args(parser, args)
+    return args
 
 
 def image_labels_of(paths: list[Path], naming, ids) -> np.ndarray:
@@ -100,10 +122,13 @@ def image_labels_of(paths: list[Path], naming, ids) -> np.ndarray:
     return labels
 
 
-def main(argv=None) -> dict:
-    """Write or add to the index; return its index.json."""
+def main(argv=None) -> dict | None:
+    """Write or add to the index; return its index.json (None in the other processes of torchrun)."""
     args = parse_args(argv)
+    world, rank = world_and_rank()
     logger = setup_logging()
+    if rank:
+        logger.setLevel("ERROR")
     folder = Path(args.index)
     exists = (folder / INDEX_FILE).is_file()
     if exists and not args.add:
@@ -136,9 +161,18 @@ def main(argv=None) -> dict:
     labels = image_labels_of(new, naming, ids)  # before extracting anything: a bad name fails fast
     if not new:
         logger.info(f"nothing to add: the {len(paths)} images of {args.images} are in {folder} already")
-        return search_method(folder, index.meta, args, logger)
-    features = trained.extract(new, args.batchsize, args.progress, desc="index")
+        return None if rank else search_method(folder, index.meta, args, logger)
+    join_processes(world, trained.device)
+    # An export is checked on the first images to index: the first ones rank the next (or, when there
+    # are only a few, each other).
+    trained = with_backend(trained, args, lambda: (new[:CHECK_QUERIES], new[CHECK_QUERIES:] or new), logger)
+    mine = shard(len(new), world, rank)  # this process's share, in order
+    features = trained.extract([new[i] for i in mine], args.batchsize, args.progress, desc="index")
+    features = gather_shards(features, world, rank)
     elapsed = time.perf_counter() - start
+    leave_processes()
+    if rank:
+        return None
     if exists:
         meta = add_part(folder, index.meta, features, [str(p) for p in new], labels)
     else:
@@ -148,9 +182,10 @@ def main(argv=None) -> dict:
         meta = create_index(folder, meta, features, [str(p) for p in new], labels)
     total = sum(part["rows"] for part in meta["parts"])
     already = f" ({len(paths) - len(new)} were in it already)" if exists else ""
+    processes = f" with {world} processes" if world > 1 else ""
     logger.info(
         f"indexed {len(new)} images{already} with {meta['model']} in {elapsed:.1f} s "
-        f"({len(new) / elapsed:.1f} img/s) -> {folder}: {total} images, {meta['dim']}-d features, "
+        f"({len(new) / elapsed:.1f} img/s{processes}) -> {folder}: {total} images, {meta['dim']}-d features, "
         f"{'labels from ' + repr(meta['naming']) if meta['naming'] is not None else 'unlabelled'}"
     )
     return search_method(folder, meta, args, logger)

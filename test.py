@@ -20,15 +20,22 @@ features file, the same as one process writes.
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from data import image_labels, list_images, read_ids, read_naming
+from deploy import (
+    add_backend_args,
+    check_backend_args,
+    gather_shards,
+    join_processes,
+    leave_processes,
+    load_backend,
+    shard,
+    world_and_rank,
+)
 from features import (
     add_result_file_arg,
     add_trained_model_args,
@@ -43,7 +50,6 @@ from utils import (
     UserError,
     add_device_args,
     check_writable,
-    file_sha256,
     num_workers,
     positive_int,
     run_main,
@@ -73,23 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--use_dense", action="store_true", help="check that it is DenseNet-121 (classic flag)"
     )
-    parser.add_argument(
-        "--backend",
-        choices=["auto", "torch", "onnxruntime"],
-        default="auto",
-        help="what runs the model: PyTorch, or onnxruntime on the ONNX file of export.py; auto: "
-        "onnxruntime on a CPU (the faster there) when it can, else PyTorch",
-    )
-    parser.add_argument(
-        "--onnx", help="the ONNX file for --backend onnxruntime (default: model/NAME/net_EPOCH.onnx)"
-    )
+    add_backend_args(parser)
     add_trained_model_args(parser)
     add_device_args(parser)
     args = parser.parse_args(argv)
-    if args.backend == "onnxruntime" and (args.ms != "1" or args.fp16 or args.bf16):
-        parser.error(
-            "--backend onnxruntime runs the exported graph as it is: one scale, float32 (drop --ms, --fp16, --bf16)"
-        )
+    check_backend_args(parser, args)
     try:
         areas = [float(s) for s in args.ms.split(",")]
     except ValueError:
@@ -115,67 +109,9 @@ def split_images(folder: Path, naming, ids=None) -> tuple[list[Path], np.ndarray
     return paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
 
 
-def choose_backend(args, device) -> str:
-    """--backend auto: onnxruntime on a CPU when its packages are installed and the run is what an
-    export computes (one scale, float32); PyTorch otherwise."""
-    from deploy import available
-
-    if args.backend != "auto":
-        return args.backend
-    plain = args.ms == "1" and not (args.fp16 or args.bf16)
-    return "onnxruntime" if device.type == "cpu" and plain and available() else "torch"
-
-
-def onnx_runner(
-    args, model, config, run_dir: Path, checkpoint: Path, device, test_dir: Path, naming, ids, logger
-):
-    """--backend onnxruntime: the exported model of `checkpoint` (exported first when --backend auto
-    finds none, or one of an older checkpoint), the compute function of features.extract, whether the
-    graph leaves the ImageNet normalisation outside, and the file; None when auto's export fails."""
-    from deploy import OnnxFeatures, export_checked
-
-    path = Path(args.onnx or checkpoint.with_suffix(".onnx"))
-    sha = file_sha256(checkpoint)
-    exported = True
-    if args.backend == "auto" and not args.onnx and int(os.environ.get("RANK", "0")) == 0:
-        meta = OnnxFeatures(path).metadata if path.is_file() else {}
-        if meta.get("checkpoint_sha256") != sha:  # absent, or exported from an older checkpoint
-            query, _, _ = split_images(test_dir / "query", naming, ids)
-            gallery, _, _ = split_images(test_dir / "gallery", naming, ids)
-            prov = provenance(run_dir, args.which_epoch, checkpoint, "")
-            try:
-                parity = export_checked(
-                    model, config, path, prov, query[:32] + gallery[:128], len(query[:32])
-                )
-                logger.info(f"exported {path} for onnxruntime; against PyTorch: {parity['summary']}")
-            except UserError as err:  # a network the exporter cannot take: PyTorch runs it
-                logger.warning(f"warning: {err}; extracting with PyTorch")
-                exported = False
-    if dist.is_initialized():  # the other processes wait for the first one's export, and its outcome
-        outcome = [exported]
-        dist.broadcast_object_list(outcome, src=0)
-        exported = outcome[0]
-    if not exported:
-        return None
-    runner = OnnxFeatures(path, device)
-    meta = runner.metadata
-    if meta.get("flip") != "in the graph" or meta.get("l2") != "in the graph":
-        if args.backend == "auto":  # an export made for an application that does these itself
-            logger.warning(
-                f"warning: {path} leaves the flip sum or the L2 normalisation out; extracting with PyTorch"
-            )
-            return None
-        raise UserError(
-            f"{path} leaves the flip sum or the L2 normalisation out; export it again without --no-flip/--no-l2"
-        )
-    if meta.get("checkpoint_sha256") != sha:
-        raise UserError(f"{path} was exported from another checkpoint than {checkpoint}; export it again")
-    return runner, (lambda onnx, images: onnx(images)), meta["imagenet_normalisation"] == "outside", path
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    world, rank = world_and_rank()
     logger = setup_logging()
     if rank:
         logger.setLevel("ERROR")
@@ -191,18 +127,15 @@ def main(argv=None) -> None:
     checkpoint = checkpoint_path(run_dir, args.which_epoch)
     test_dir = Path(args.test_dir).resolve()  # absolute image paths in the features file, for demo.py
     naming, ids = read_naming(test_dir), read_ids(test_dir)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    compute, normalize, onnx_file = None, True, None
-    onnx = None
-    if choose_backend(args, device) == "onnxruntime":
-        onnx = onnx_runner(args, model, config, run_dir, checkpoint, device, test_dir, naming, ids, logger)
-    if onnx is not None:
-        model, compute, normalize, onnx_file = onnx
-    else:
-        model = model.to(device, memory_format=torch.channels_last)
+    join_processes(world, device)
+
+    def check_images():  # what an export is checked on: the first query and gallery images
+        return tuple(split_images(test_dir / split, naming, ids)[0] for split in ("query", "gallery"))
+
+    origin = provenance(run_dir, args.which_epoch, checkpoint, "")
+    model, compute, normalize, onnx_file = load_backend(
+        args, model, config, checkpoint, origin, device, check_images, logger
+    )
 
     splits = ["query", "gallery"] + (["mquery"] if args.multi else [])
     extraction = extraction_name(args.scales, config, amp_dtype, onnx_file)
@@ -212,9 +145,9 @@ def main(argv=None) -> None:
     n_images = 0
     for key in splits:
         paths, pids, cams = split_images(test_dir / SPLITS[key], naming, ids)
-        shard = np.array_split(np.arange(len(paths)), world)[rank]  # this process's share, in order
+        mine = shard(len(paths), world, rank)  # this process's share, in order
         f = extract(
-            model, [paths[i] for i in shard], (config.height, config.width), device, amp_dtype, args.batchsize,
+            model, [paths[i] for i in mine], (config.height, config.width), device, amp_dtype, args.batchsize,
             num_workers(args, device), args.scales, args.progress, desc=SPLITS[key], compute=compute,
             normalize=normalize,
         )  # fmt: skip
@@ -224,8 +157,7 @@ def main(argv=None) -> None:
             feats[f"{key}_path"] = [str(p) for p in paths]
         n_images += len(paths)
     elapsed = time.perf_counter() - start
-    if world > 1:
-        dist.destroy_process_group()
+    leave_processes()
     if rank:
         return
     save_features(args.result_file, feats)
@@ -234,15 +166,6 @@ def main(argv=None) -> None:
         f"{f' with {world} processes' if world > 1 else ''}), {feats['query_f'].shape[1]}-d features -> "
         f"{args.result_file}"
     )
-
-
-def gather_shards(f: np.ndarray, world: int, rank: int) -> np.ndarray | None:
-    """The features of every process's share, in order, on the first process (None on the others)."""
-    if world == 1:
-        return f
-    shards = [None] * world if rank == 0 else None
-    dist.gather_object(f, shards, dst=0)
-    return np.concatenate(shards) if rank == 0 else None
 
 
 if __name__ == "__main__":

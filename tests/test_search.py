@@ -143,7 +143,75 @@ def test_index_refusals_are_one_line(work, tiny_prepared, capsys):
     assert "--images nowhere: no such image, folder or list of images" in error(
         ["--images", "nowhere", *MODEL]
     )
-    assert not (work / "labelled").exists()
+    assert "absent.onnx: no such ONNX file; write it with export.py" in error(
+        ["--images", images, "--index", "onnx", "--backend", "onnxruntime", "--onnx", "absent.onnx", *MODEL]
+    )
+    assert not (work / "labelled").exists() and not (work / "onnx").exists()
+    with pytest.raises(SystemExit):  # the graph as exported: float32
+        index_script.parse_args(["--images", images, "--backend", "onnxruntime", "--bf16"])
+    assert "(drop --fp16, --bf16)" in capsys.readouterr().err
+
+
+def test_index_with_onnxruntime_equals_torch_and_search_reads_it(work, tiny_prepared, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    images = ["--images", str(tiny_prepared / "gallery")]
+    (work / "model/tiny/net_last.onnx").unlink(missing_ok=True)
+    # The default on a CPU exports the model first, checked on the 8 images it is about to index.
+    index_script.main([*images, "--index", "auto", *MODEL])
+    out = capsys.readouterr().out
+    assert "exported model/tiny/net_last.onnx for onnxruntime; against PyTorch: max |difference|" in out
+    assert "top-10 rankings identical for 8 of 8 queries" in out
+    index_script.main([*images, "--index", "onnx", "--backend", "onnxruntime", *MODEL])
+    index_script.main([*images, "--index", "torch", "--backend", "torch", *MODEL])
+    by_onnx, by_torch = gallery.open_index("onnx"), gallery.open_index("torch")
+    assert by_onnx.paths() == by_torch.paths() == gallery.open_index("auto").paths()
+    np.testing.assert_allclose(by_onnx.features(), by_torch.features(), atol=1e-4)
+    assert (
+        by_onnx.meta["extraction"]
+        == "image + flip, area scales 1, 64x32, float32, onnxruntime model/tiny/net_last.onnx"
+    )
+    assert by_torch.meta["extraction"] == "image + flip, area scales 1, 64x32, float32"
+    assert gallery.open_index("auto").meta["extraction"] == by_onnx.meta["extraction"]
+    # search.py extracts its queries with PyTorch: comparable with the index of onnxruntime.
+    target = sorted((tiny_prepared / "gallery").glob("*/*.jpg"))[5]
+    copy = work / "queries" / "copy.jpg"  # the same pixels, another name: distance 0
+    copy.parent.mkdir()
+    shutil.copyfile(target, copy)
+    results = search.main(["--index", "onnx", "--query", str(copy), "--output", "found", *MODEL])
+    [q] = results["queries"]
+    assert q["results"][0]["gallery"] == str(target) and q["results"][0]["distance"] < 1e-3
+    # PyTorch adds to an index of onnxruntime, and the other way round.
+    index_script.main(["--images", str(tiny_prepared / "query"), "--index", "onnx", "--add", "--backend", "torch",
+                       *MODEL])  # fmt: skip
+    assert gallery.open_index("onnx").size == 12
+
+
+def test_index_with_two_processes_writes_what_one_writes(work, tiny_prepared, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    images = ["--images", str(tiny_prepared), "--naming", "market", "--batchsize", "5"]  # 44 images
+    index_script.main([*images, "--index", "one", *MODEL])
+    (work / "model/tiny/net_last.onnx").unlink()  # the first process exports it again, the other waits
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29543",
+                str(ROOT / "index.py")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*torchrun, *images, "--index", "two", *MODEL], capture_output=True, text=True,
+                            timeout=300, check=False, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exported model/tiny/net_last.onnx" in result.stdout
+    assert result.stdout.count("indexed 44 images") == 1 and "with 2 processes" in result.stdout
+    one, two = gallery.open_index("one"), gallery.open_index("two")
+    assert two.paths() == one.paths() and (two.labels == one.labels).all()
+    np.testing.assert_allclose(two.features(), one.features(), atol=1e-5)
+    assert two.meta["extraction"] == one.meta["extraction"] and len(two.meta["parts"]) == 1
+    # An error before the extraction: one line from each process, and no index.
+    result = subprocess.run([*torchrun, *images, "--index", "bad", "--backend", "onnxruntime", "--onnx",
+                             "absent.onnx", *MODEL], capture_output=True, text=True, timeout=300, check=False,
+                            env=env)  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("error: absent.onnx: no such ONNX file; write it with export.py\n") == 2
+    assert not (work / "bad").exists()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,7 +355,20 @@ def test_evaluation_report_page(work, tiny_prepared, capsys):
 
 def test_help_of_the_new_scripts():
     for script, options in [
-        ("index.py", ["--images", "--index", "--add", "--naming", "--batchsize", "--name", "--gpu_ids"]),
+        (
+            "index.py",
+            [
+                "--images",
+                "--index",
+                "--add",
+                "--naming",
+                "--batchsize",
+                "--backend",
+                "--onnx",
+                "--name",
+                "--gpu_ids",
+            ],
+        ),
         ("search.py", ["--index", "--query", "--top_k", "--threshold", "--output", "--name"]),
         ("calibrate.py", ["--result_file", "--index", "--false_match_rate", "--output"]),
         ("evaluate.py", ["--html"]),
