@@ -27,9 +27,10 @@ sqrt(2 - 2 q.g) (metrics.euclidean), from 0 to 2.
 above, over the memory-mapped parts. With faiss (`pip install faiss-cpu`), `faiss_exact` is a flat
 inner-product index (exact too, the features held in memory) and `faiss_ivf` an approximate one:
 the features are clustered into `nlist` lists (k-means) and a query reads only the `nprobe` lists
-nearest to it. index.py measures the approximate index's recall@10 against the exact search (on up to
-RECALL_QUERIES of the index's own features as queries, each left out of its own results), prints it
-and stores it with the index. A faiss index is rebuilt whenever images are added.
+nearest to it. Its recall@10 against the exact search is measured on up to RECALL_QUERIES of the
+index's own features as queries, each left out of its own results; unless index.py --nprobe fixes it,
+nprobe is the fewest lists (1, 2, 4, ...) that reach TARGET_RECALL. index.py prints both and stores
+them with the index. A faiss index is rebuilt whenever images are added.
 
 **The threshold.** Search answers "match" when the best distance is at or below the threshold, and
 "no match" above it (`is_match`). So the threshold must be chosen on that statistic, the *best*
@@ -71,7 +72,7 @@ FALSE_MATCH_RATE = 0.01  # the default target of calibrate.py and demo.py --plot
 ROC_RATES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # the rows of the printed table
 METHODS = ("exact", "faiss_exact", "faiss_ivf")  # index.py --search
 FAISS_FILE = "faiss.index"
-NPROBE = 32  # faiss_ivf: lists read per query (index.py --nprobe)
+TARGET_RECALL = 0.95  # faiss_ivf: reads the fewest lists that reach this recall@10 (index.py --target_recall)
 RECALL_QUERIES = 1000  # faiss_ivf: index features searched to measure its recall@10
 
 # ----------------------------------------------------------------------------------------------------
@@ -338,10 +339,17 @@ def ivf_lists(n: int) -> int:
     return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
-def build_faiss(index: GalleryIndex, method: str, nprobe: int = NPROBE, seed: int = 0) -> dict:
+def build_faiss(
+    index: GalleryIndex,
+    method: str,
+    nprobe: int | None = None,
+    target_recall: float = TARGET_RECALL,
+    seed: int = 0,
+) -> dict:
     """Write the faiss index of `method` for every feature of `index` (atomically) and return what
-    index.json's `search` records: the method, the rows it holds, the build time and, for
-    faiss_ivf, nlist, nprobe and the measured recall@10 against the exact search."""
+    index.json's `search` records: the method, the rows it holds, the build time and, for faiss_ivf,
+    nlist, nprobe and its recall@10 against the exact search (RecallCheck). Without `nprobe`, the
+    fewest lists (1, 2, 4, ... nlist) whose recall@10 reaches `target_recall`."""
     import time
 
     faiss = import_faiss()
@@ -354,17 +362,26 @@ def build_faiss(index: GalleryIndex, method: str, nprobe: int = NPROBE, seed: in
     else:
         nlist = ivf_lists(n)
         faiss_index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))  # k-means' training set
+        sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))  # k-means' training set
         faiss_index.train(np.ascontiguousarray(take_rows(index.parts, sample)))
-        faiss_index.nprobe = min(nprobe, nlist)
-        record = {"method": method, "nlist": nlist, "nprobe": faiss_index.nprobe}
+        record = {"method": method, "nlist": nlist}
     for part in index.parts:
         for start_row in range(0, len(part), 1 << 16):
             faiss_index.add(np.ascontiguousarray(part[start_row : start_row + (1 << 16)]))
-    atomic_write(index.folder / FAISS_FILE, lambda tmp: faiss.write_index(faiss_index, str(tmp)))
     record.update(rows=n, build_seconds=round(time.perf_counter() - start, 3))
     if method == "faiss_ivf":
-        record["recall_at_10"] = faiss_recall(index, faiss_index, rng)
+        check = RecallCheck(index, rng)
+        if nprobe is not None:
+            record["nprobe"] = min(nprobe, nlist)
+            record["recall_at_10"] = check(faiss_index, record["nprobe"])
+        else:  # the fewest lists that reach the target; all of them reach 1.0 (an exhaustive search)
+            record["target_recall"] = target_recall
+            record["nprobe"], record["recall_at_10"] = 1, check(faiss_index, 1)
+            while record["recall_at_10"] < target_recall and record["nprobe"] < nlist:
+                record["nprobe"] = min(2 * record["nprobe"], nlist)
+                record["recall_at_10"] = check(faiss_index, record["nprobe"])
+        faiss_index.nprobe = record["nprobe"]
+    atomic_write(index.folder / FAISS_FILE, lambda tmp: faiss.write_index(faiss_index, str(tmp)))
     return record
 
 
@@ -379,19 +396,24 @@ def take_rows(parts: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     )
 
 
-def faiss_recall(index: GalleryIndex, faiss_index, rng: np.random.Generator, k: int = 10) -> float:
-    """Recall@k of `faiss_index` against the exact search: the share of each query's exact top k that
-    it also returns, averaged over up to RECALL_QUERIES of the index's features, each left out of its
-    own results."""
-    k = min(k, index.size - 1)
-    if k < 1:
-        return 1.0
-    rows = np.sort(rng.choice(index.size, size=min(index.size, RECALL_QUERIES), replace=False))
-    q_f = take_rows(index.parts, rows)
-    exact, _ = search(q_f, index.parts, k, rows)
-    _, found = faiss_index.search(np.ascontiguousarray(q_f), k + 1)
-    found = np.stack([row[row != own][:k] for row, own in zip(found, rows)])
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, found)]))
+class RecallCheck:
+    """Recall@k of an approximate faiss index against the exact search: the share of each query's
+    exact top k that it also returns, averaged over up to RECALL_QUERIES of the index's features,
+    each left out of its own results. The exact answers are computed once."""
+
+    def __init__(self, index: GalleryIndex, rng: np.random.Generator, k: int = 10):
+        self.k = min(k, index.size - 1)
+        self.rows = np.sort(rng.choice(index.size, size=min(index.size, RECALL_QUERIES), replace=False))
+        self.q_f = np.ascontiguousarray(take_rows(index.parts, self.rows))
+        self.exact = search(self.q_f, index.parts, self.k, self.rows)[0] if self.k >= 1 else None
+
+    def __call__(self, faiss_index, nprobe: int) -> float:
+        if self.k < 1:
+            return 1.0
+        faiss_index.nprobe = nprobe
+        _, found = faiss_index.search(self.q_f, self.k + 1)
+        found = [row[row != own][: self.k] for row, own in zip(found, self.rows)]
+        return float(np.mean([len(set(a) & set(b)) / self.k for a, b in zip(self.exact, found)]))
 
 
 def is_match(best_dist: float, threshold: float) -> bool:

@@ -11,9 +11,10 @@ have been written by the same checkpoint with the same extraction, and keeps its
 written whole or not at all: a run that stops early leaves the index as it was.
 
 --search chooses how search.py searches the index (gallery.py): exact (the default; memory-mapped,
-bounded memory), faiss_exact or faiss_ivf (approximate; its recall@10 against exact is measured,
-printed and stored), which need `pip install faiss-cpu`. The index remembers it; --add keeps it
-unless --search is given, and rebuilds the faiss index.
+bounded memory), faiss_exact or faiss_ivf (approximate: it reads the fewest lists that reach
+--target_recall; its recall@10 against the exact search is measured, printed and stored); the faiss
+methods need `pip install faiss-cpu`. The index remembers its method; --add keeps it unless --search
+is given, and rebuilds the faiss index.
 
 What runs the model (`--backend`) is chosen as in test.py: on a CPU, onnxruntime on the ONNX model
 of the checkpoint (exported first, and checked against PyTorch on the first images to index, when it
@@ -52,7 +53,7 @@ from features import add_trained_model_args, load_for_extraction
 from gallery import (
     INDEX_FILE,
     METHODS,
-    NPROBE,
+    TARGET_RECALL,
     UNKNOWN,
     add_part,
     build_faiss,
@@ -63,7 +64,15 @@ from gallery import (
     open_index,
     write_meta,
 )
-from utils import HelpFormatter, UserError, add_device_args, at_least_one, run_main, setup_logging
+from utils import (
+    HelpFormatter,
+    UserError,
+    add_device_args,
+    at_least_one,
+    probability,
+    run_main,
+    setup_logging,
+)
 
 SHOWN = 3  # file names an error lists
 
@@ -92,8 +101,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument(
         "--nprobe",
         type=at_least_one,
-        default=NPROBE,
-        help="faiss_ivf: lists read per query (more: better recall, slower)",
+        help="faiss_ivf: lists read per query (more: better recall, slower); default: the fewest that "
+        "reach --target_recall",
+    )
+    group.add_argument(
+        "--target_recall",
+        type=probability,
+        default=TARGET_RECALL,
+        help="faiss_ivf without --nprobe: the recall@10 against the exact search to reach",
     )
     add_backend_args(parser)
     add_trained_model_args(parser)
@@ -202,11 +217,15 @@ def search_method(folder: Path, meta: dict, args, logger) -> dict:
     elif (
         method == current["method"]
         and current.get("rows") == size
-        and (method != "faiss_ivf" or current["nprobe"] == min(args.nprobe, current["nlist"]))
+        and (
+            method != "faiss_ivf"
+            or (args.nprobe is None and current.get("target_recall") == args.target_recall)
+            or (args.nprobe is not None and current["nprobe"] == min(args.nprobe, current["nlist"]))
+        )
     ):
         return meta  # up to date
     else:
-        record = build_faiss(open_index(folder), method, args.nprobe)
+        record = build_faiss(open_index(folder), method, args.nprobe, args.target_recall)
         recall = f", recall@10 against exact {record['recall_at_10']:.4f}" if "recall_at_10" in record else ""
         lists = f" ({record['nlist']} lists, {record['nprobe']} read per query)" if "nlist" in record else ""
         logger.info(

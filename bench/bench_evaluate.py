@@ -89,7 +89,11 @@ def main(argv=None) -> None:
             "baseline": [sys.executable, "bench/baseline_evaluate.py", "--result_file", path],
         }
         best = compare(commands, args.repeat)
-    same = best["evaluate.py"]["out"].splitlines()[1:] == best["baseline"]["out"].splitlines()[1:]
+
+    def results(out: str) -> list[str]:  # the result block: without evaluate.py's provenance line
+        return [line for line in out.splitlines() if ": written by " not in line]
+
+    same = results(best["evaluate.py"]["out"]) == results(best["baseline"]["out"])
     print(f"identical results: {'yes' if same else 'NO'}")
     fast, slow = best["evaluate.py"], best["baseline"]
     print(

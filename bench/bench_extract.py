@@ -3,8 +3,10 @@
 The bare model does the same computation as test.py on random tensors already in memory: for each
 batch, model.embed of the images and of their horizontal flips (features.embed_batch), in the
 same precision and memory format. test.py is a real run on the query and gallery images of the
-synthetic dataset (JPEG decoding, resizing, writing the features file). Both use an untrained
-network of the same architecture; the weights don't change the speed. One process per measurement.
+synthetic dataset (JPEG decoding, resizing, writing the features file), run by PyTorch as the bare
+model is (`--backend torch`; bench_cpu.py compares the runtimes, onnxruntime included). Both use an
+untrained network of the same architecture; the weights don't change the speed. One process per
+measurement.
 
     python bench/bench_extract.py                   # ResNet-50, 256x128, batch 64, fp32 and bf16
 """
@@ -52,7 +54,7 @@ def test_child(args) -> None:
     save_yaml("model/bench/opts.yaml", {"model": config.to_dict()})
     torch.save(build_model(config).state_dict(), "model/bench/net_last.pth")
     argv = ["--name", "bench", "--test_dir", args.data, "--gpu_ids", "-1", "--batchsize", str(args.batchsize),
-            "--no-progress"]  # fmt: skip
+            "--no-progress", "--backend", "torch"]  # fmt: skip
     if args.precision == "bf16":
         argv.append("--bf16")
     start = time.perf_counter()

@@ -8,8 +8,8 @@
    child's peak memory while searching (taken before the check), which includes the index pages the
    search has read (file pages the OS can drop), and the process's own memory (RssAnon) after it.
    --methods adds the faiss methods of index.py --search: for each, a child builds its faiss index
-   (gallery.build_faiss: the build time, its peak memory and, for faiss_ivf, the recall@10 index.py
-   stores) and another searches it as above; faiss_exact is checked against the full sort, faiss_ivf's
+   (gallery.build_faiss, as index.py: the build time, its peak memory and, for faiss_ivf, the lists it
+   reads to reach the default target recall and the recall@10 index.py stores) and another searches it as above; faiss_exact is checked against the full sort, faiss_ivf's
    top 10 of the 100 queries is compared with it (recall@10).
 2. Indexing (--crops crops, default 10,000; 0 skips it): synthetic crops (tools/synthetic.py) and an
    untrained --backbone at --height x --width (its weights do not change the speed), saved as
@@ -176,7 +176,10 @@ def main(argv=None) -> None:
             if method != "exact":
                 built = run_child([str(Path(__file__).resolve()), "--build", method, str(work / "index")])
                 lists = (
-                    f", {built['nlist']} lists, {built['nprobe']} read per query" if "nlist" in built else ""
+                    f", {built['nlist']} lists, {built['nprobe']} read per query (target recall@10 "
+                    f"{built['target_recall']:g})"
+                    if "nlist" in built
+                    else ""
                 )
                 recall = (
                     f"; recall@10 against exact (index.py's): {built['recall_at_10']:.4f}"

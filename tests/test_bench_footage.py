@@ -99,7 +99,8 @@ def test_bench_search_short_run(tmp_path, capsys):
     if methods != "exact":
         assert "faiss_exact: index of 2,000 features" in out and out.count("exact: equal to a full sort") == 2
         assert (
-            "faiss_ivf, 51 lists, 32 read per query: built in" in out
+            "faiss_ivf, 51 lists, " in out
+            and " read per query (target recall@10 0.95): built in" in out
             and "recall@10 of the 100 queries: " in out
         )
     assert "indexing 24 crops (resnet18 64x32, image + flip, float32)" in out

@@ -447,12 +447,15 @@ def test_faiss_exact_equals_the_exact_search_and_faiss_ivf_reports_its_recall(tm
     ivf_i, _ = gallery.search_index(ivf, q_f, 10, exclude)
     measured = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ivf_i, exact_i)])
     assert 0 < measured < 1
+    # Without --nprobe: the fewest lists (1, 2, 4, ...) that reach the target recall.
+    tuned = gallery.build_faiss(index, "faiss_ivf", target_recall=0.8)
+    assert tuned["recall_at_10"] >= 0.8 and tuned["target_recall"] == 0.8
+    fewer = gallery.build_faiss(index, "faiss_ivf", nprobe=tuned["nprobe"] // 2)
+    assert fewer["recall_at_10"] < 0.8 < tuned["recall_at_10"]
     # Every list read: the approximate index finds exactly the exact top 10.
     full = with_search(index, gallery.build_faiss(index, "faiss_ivf", nprobe=1000))
-    assert (
-        full.meta["search"]["recall_at_10"] == 1.0
-        and (gallery.search_index(full, q_f, 10, exclude)[0] == exact_i).all()
-    )
+    assert full.meta["search"]["recall_at_10"] == 1.0
+    assert (gallery.search_index(full, q_f, 10, exclude)[0] == exact_i).all()
     # An index whose faiss file holds fewer images than it has: a one-line error, not wrong answers.
     stale = with_search(index, {**full.meta["search"], "rows": 3000})
     with pytest.raises(UserError, match="holds 3000 of the 4000 images .*run index.py --add on it again"):
@@ -466,6 +469,7 @@ def test_index_py_search_methods_end_to_end(work, tiny_prepared, capsys):
     meta = index_script.main(["--images", images, "--index", "ivf", "--search", "faiss_ivf", *MODEL])
     assert meta["search"]["method"] == "faiss_ivf" and meta["search"]["rows"] == 8
     assert "built the faiss_ivf index (1 lists, 1 read per query) of 8 images" in capsys.readouterr().out
+    assert meta["search"]["recall_at_10"] == 1.0 and meta["search"]["target_recall"] == gallery.TARGET_RECALL
     query = ["--query", str(tiny_prepared / "query"), "--top_k", "3", *MODEL]
     by_exact = search.main(["--index", "exact", "--output", "a", *query])
     by_ivf = search.main(["--index", "ivf", "--output", "b", *query])
