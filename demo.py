@@ -14,7 +14,8 @@ Four modes; each writes PNG files and prints their paths.
   answers with the best distance; the `--threshold` for a 1% false-match rate, a table of other
   rates, and a figure (gallery.py explains the statistic; calibrate.py stores it with an index).
 - Heatmap (`--heatmap`, an image or a folder): the activation of the model's last convolutional
-  stage (mean over channels), upsampled to the image and laid over it, one PNG per image.
+  stage (mean over channels), upsampled to the image and laid over it; one PNG per image, the image
+  and its heatmap side by side.
 
 Distance: the Euclidean distance between the unit-length features, |q - g| = sqrt(2 - 2 cos(q, g)),
 from 0 (same direction) to 2; smaller = more similar. It ranks the gallery exactly as evaluate.py
@@ -333,8 +334,11 @@ def draw_heatmaps(args, logger) -> None:
     paths = image_list(args.heatmap, "--heatmap")
     activations = model_outputs(args, logger, paths, activation_map)
     for path, activation, output in zip(paths, activations, output_paths(args.output, paths)):
-        overlay = heatmap_overlay(load_image(str(path)), activation)
-        save_image(overlay, output)
+        image = load_image(str(path))
+        side_by_side = Image.new("RGB", (2 * image.width, image.height))
+        side_by_side.paste(image, (0, 0))
+        side_by_side.paste(heatmap_overlay(image, activation), (image.width, 0))
+        save_image(side_by_side, output)
         logger.info(f"{path}: heatmap of the last conv stage -> wrote {output}")
 
 

@@ -9,6 +9,7 @@ classic option is removed. The README's classic block is this list, word for wor
 """
 
 import importlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -159,6 +160,10 @@ def test_classic_sequence(classic, capsys):
                 run(argv)(shortened(index, argv))
             argv = [*argv, "--overwrite"]
         returned = run(argv)(shortened(index, argv))
-        check(index, capsys.readouterr().out, returned)
+        out = capsys.readouterr().out
+        if os.environ.get("CLASSIC_TRANSCRIPT"):  # what each command printed, e.g. for a closing note
+            with open(os.environ["CLASSIC_TRANSCRIPT"], "a") as f:
+                f.write(f"$ {line}   (run as: {' '.join(shortened(index, argv))})\n{out}\n")
+        check(index, out, returned)
         if index == 3:
             first_results = returned

@@ -298,17 +298,19 @@ def test_activation_map_of_every_kind_of_backbone(backbone):
     "name, overrides",
     [("tiny", {}), ("pcb", {"PCB": True, "backbone": "resnet50", "height": 96, "width": 48})],
 )
-def test_heatmap_has_the_image_size(tmp_path, monkeypatch, capsys, name, overrides):
+def test_heatmap_is_the_image_and_its_overlay(tmp_path, monkeypatch, capsys, name, overrides):
     monkeypatch.chdir(tmp_path)
     make_model(name, **overrides)
     image = write_image(tmp_path / "person.jpg", 0, size=(30, 70))
     demo.main(["--heatmap", image, "--name", name, *CPU, "--bf16"])
     assert "wrote heatmap.png" in capsys.readouterr().out
     with Image.open("heatmap.png") as img:
-        assert img.size == (30, 70)
-        overlay = np.asarray(img, dtype=int)
+        assert img.size == (60, 70)  # the image, then its heatmap
+        pair = np.asarray(img, dtype=int)
     with Image.open(image) as img:
-        assert np.abs(overlay - np.asarray(img, dtype=int)).mean() > 20  # the colour map is laid over it
+        original = np.asarray(img, dtype=int)
+    assert np.abs(pair[:, :30] - original).mean() < 3  # the image itself (PNG of a JPEG's pixels)
+    assert np.abs(pair[:, 30:] - original).mean() > 20  # the colour map is laid over it
 
 
 def test_help():
