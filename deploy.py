@@ -94,6 +94,12 @@ def export_onnx(
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"cannot export {provenance['model']} to ONNX ({reason[:300]})") from None
     proto = program.model_proto
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch.dim_param:  # the exporter fixed the batch size: the file would take batches of 2 only
+        raise UserError(
+            f"cannot export {provenance['model']} to ONNX with any batch size (the exporter fixed it to "
+            f"{batch.dim_value}: an operation of the network depends on it)"
+        )
     metadata = {
         "input": f"{config.height}x{config.width}",
         "imagenet_normalisation": "in the graph" if imagenet else "outside",
