@@ -35,7 +35,7 @@ def logs_by_command() -> dict[str, str]:
 def test_every_benchmark_figure_is_in_its_log():
     logs = logs_by_command()
     rows = [cells(line) for line in results_section().splitlines() if "| `python bench/" in line]
-    assert len(rows) == 16
+    assert len(rows) == 28
     for what, command, result in rows:
         command = command.strip("`")
         assert command in logs, f"{what}: no run of {command!r} in bench/logs/"
