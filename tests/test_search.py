@@ -488,6 +488,14 @@ def test_index_py_search_methods_end_to_end(work, tiny_prepared, capsys):
     assert meta["search"]["method"] == "faiss_exact" and (work / "exact" / gallery.FAISS_FILE).is_file()
     meta = index_script.main(["--images", images, "--index", "exact", "--add", *MODEL])
     assert meta["search"]["method"] == "faiss_exact"
+    # --nprobe fixes the lists read instead of the target recall; a recall outside 0..1 is refused.
+    meta = index_script.main(
+        ["--images", images, "--index", "exact", "--add", "--search", "faiss_ivf", "--nprobe", "1", *MODEL]
+    )
+    assert meta["search"]["nprobe"] == 1 and "target_recall" not in meta["search"]
+    with pytest.raises(SystemExit):
+        index_script.parse_args(["--images", images, "--target_recall", "1.5"])
+    assert "argument --target_recall: 1.5 must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_faiss_methods_without_faiss_are_a_one_line_error(work, tiny_prepared, monkeypatch, capsys):
